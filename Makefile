@@ -18,7 +18,7 @@ DEBS := build-essential pkg-config libzmq3-dev libmsgpack-dev libcjson-dev \
 
 # Libraries every binary links (pkg-config names); evaluated only when used,
 # so `make deps` works before they are installed.
-PKGS := libzmq msgpack libcjson libcrypto libsystemd
+PKGS := libzmq msgpack libcjson libcrypto libsystemd sqlite3
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lm
 

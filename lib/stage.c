@@ -95,6 +95,7 @@ struct stage_ctx {
     bool stopping;              /* SIGTERM or SIGINT seen */
     uint64_t stop_deadline;     /* monotonic ms when draining gives up */
     bool out_closed;            /* stdout reader went away */
+    uint64_t next_tick;         /* monotonic ms of the next tick() */
     struct stage_stats stats;   /* counters */
     struct log_limit bad_limit; /* rate limit of bad-input lines */
     struct log_limit out_limit; /* rate limit of output errors */
@@ -177,6 +178,14 @@ static bool s_read_signals(struct stage_ctx *ctx)
         s_begin_stop(ctx);
     }
     return hup;
+}
+
+void stage_wake_in(struct stage_ctx *ctx, int64_t ms)
+{
+    uint64_t at = stage_mono_ms() + (uint64_t)(ms > 0 ? ms : 0);
+    if (at < ctx->next_tick) {
+        ctx->next_tick = at;
+    }
 }
 
 void stage_stop(struct stage_ctx *ctx)
@@ -377,6 +386,9 @@ static bool s_process(struct stage_ctx *ctx, const void *p, size_t n)
     case STAGE_DROP:
         ctx->stats.dropped++;
         break;
+    case STAGE_HELD:
+        ctx->stats.held++;
+        break;
     case STAGE_RETRY:
         ctx->stats.retried++;
         if (!ctx->retrying) {
@@ -481,12 +493,12 @@ static int s_run_filter(struct stage_ctx *ctx)
     items[1].fd = ep_fd(ctx->in);
     items[1].events = ZMQ_POLLIN;
     bool stdin_in = ep_is_stdio(ctx->in);
-    uint64_t next_tick = stage_mono_ms() + (uint64_t)ctx->conf.tick_ms;
+    ctx->next_tick = stage_mono_ms() + (uint64_t)ctx->conf.tick_ms;
     int status = 0;
 
     while (!ctx->stopping) {
         uint64_t now = stage_mono_ms();
-        long timeout = (long)(next_tick > now ? next_tick - now : 0);
+        long timeout = (long)(ctx->next_tick > now ? ctx->next_tick - now : 0);
         if (ctx->retrying) {
             long r = (long)(ctx->retry_at > now ? ctx->retry_at - now : 0);
             timeout = r < timeout ? r : timeout;
@@ -531,9 +543,10 @@ static int s_run_filter(struct stage_ctx *ctx)
             break;
         }
         now = stage_mono_ms();
-        if (now >= next_tick) {
+        if (now >= ctx->next_tick) {
+            /* Set first: tick() may ask to be woken sooner. */
+            ctx->next_tick = now + (uint64_t)ctx->conf.tick_ms;
             s_tick(ctx);
-            next_tick = now + (uint64_t)ctx->conf.tick_ms;
         }
     }
 
@@ -549,6 +562,10 @@ static int s_run_filter(struct stage_ctx *ctx)
                 break;
             }
         }
+    }
+    /* A last tick lets stages flush what they hold (open batches). */
+    if (ctx->st->tick != NULL && !ctx->out_closed) {
+        ctx->st->tick(ctx->state, ctx);
     }
     if (ctx->retrying) {
         log_msg(LOG_WARN, "stopping with one envelope not handled (it was waiting for a retry)");
@@ -798,10 +815,10 @@ int stage_main(const struct stage *st, int argc, char **argv)
         status = s_run_filter(&ctx);
     }
     log_msg(ctx.stats.lost ? LOG_WARN : LOG_DEBUG,
-            "done in=%llu out=%llu bad=%llu dropped=%llu retried=%llu lost=%llu",
+            "done in=%llu out=%llu bad=%llu dropped=%llu held=%llu retried=%llu lost=%llu",
             (unsigned long long)ctx.stats.in, (unsigned long long)ctx.stats.out,
             (unsigned long long)ctx.stats.bad, (unsigned long long)ctx.stats.dropped,
-            (unsigned long long)ctx.stats.retried, (unsigned long long)ctx.stats.lost);
+            (unsigned long long)ctx.stats.held, (unsigned long long)ctx.stats.retried, (unsigned long long)ctx.stats.lost);
 done:
     s_close(&ctx);
     free(ctx.stage_conf);

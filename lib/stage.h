@@ -34,6 +34,8 @@ enum verdict {
     STAGE_PASS,     /* send it on (after a trace stamp) */
     STAGE_DROP,     /* consumed here; nothing goes on */
     STAGE_RETRY,    /* cannot now (e.g. SQLITE_BUSY): try again after a backoff */
+    STAGE_HELD,     /* the stage keeps a copy and stage_emit()s it later
+                       (e.g. once its batch has committed) */
 };
 
 #define STAGE_SOURCE 0x1u   /* no --in: run() produces the envelopes */
@@ -80,6 +82,8 @@ int stage_emit(struct stage_ctx *ctx, struct env *e);
  * first bytes are shown. raw is what came in (or its first bytes). */
 void stage_reject(struct stage_ctx *ctx, const void *raw, size_t n, const char *label,
                   const char *reason);
+/* Asks for tick() within ms (sooner than --tick), e.g. to close a batch. */
+void stage_wake_in(struct stage_ctx *ctx, int64_t ms);
 /* Asks the loop to stop after the current envelope (no drain). */
 void stage_stop(struct stage_ctx *ctx);
 /* True once SIGTERM or SIGINT has arrived (checks without blocking). */
@@ -104,6 +108,7 @@ struct stage_stats {
     uint64_t bad;           /* malformed input rejected */
     uint64_t dropped;       /* verdict DROP */
     uint64_t retried;       /* verdict RETRY */
+    uint64_t held;          /* verdict HELD */
     uint64_t lost;          /* could not be delivered at shutdown */
 };
 const struct stage_stats *stage_stats(const struct stage_ctx *ctx);
