@@ -123,5 +123,5 @@ install: $(TOOL_BINS)
 clean:
 	rm -rf build bin
 
--include $(LIB_OBJ:.o=.d) $(TOOLS:%=$(BUILD)/cmd/%/main.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)
+-include $(LIB_OBJ:.o=.d) $(TOOLS:%=$(BUILD)/cmd/%/main.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d) $(BENCH_SRC:%.c=$(BUILD)/%.d)
 .SECONDARY:

@@ -43,7 +43,7 @@ struct ep_opts {
 /* Results of ep_recv. */
 enum ep_status {
     EP_MSG = 1,     /* a message is in *p, *n */
-    EP_AGAIN = 0,   /* nothing ready now */
+    EP_AGAIN = 2,   /* nothing ready now (not 0: ep_send returns 0 for sent) */
     EP_EOF = -1,    /* stdin ended, nothing left */
     EP_ERROR = -2,  /* the endpoint failed (errno set) */
     EP_BAD = -3,    /* bytes that are not msgpack; *p, *n hold (the start of) them */
