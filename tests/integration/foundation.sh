@@ -96,7 +96,29 @@ wait "$RELAY"
 expect "SIGTERM drains and exits 0" "$?" "0"
 expect "the main line got every envelope too" "$("$BIN/omni-tap" <"$T/relay.out" | grep -vc '"api:probe"')" "340"
 
-# 7. 1,000,000 envelopes across three processes over ipc:// arrive whole and in order.
+# 7. Backpressure, not loss: a stage frozen mid-stream (SIGSTOP) makes the
+#    ones before it wait; when it wakes, everything arrives, in order.
+awk 'BEGIN { for (i = 1; i <= 100000; i++)
+    printf "{\"channel\":\"api\",\"dir\":\"in\",\"from\":\"api:load\",\"text\":\"m\",\"src_id\":\"%d\"}\n", i }' \
+    >"$T/stall.jsonl"
+spawn "$BIN/omni-tap" --in "ipc://$T/s3" --idle-exit 4s >"$T/stall.out"
+STAP=$SPAWNED
+spawn "$BIN/omni-relay" --in "ipc://$T/s2" --out "ipc://$T/s3"
+FROZEN=$SPAWNED
+spawn "$BIN/omni-relay" --in "ipc://$T/s1" --out "ipc://$T/s2"
+"$BIN/omni-inject" "$T/stall.jsonl" --out "ipc://$T/s1" 2>/dev/null &
+INJ=$!
+sleep 0.3
+kill -STOP "$FROZEN"
+sleep 1.5
+kill -CONT "$FROZEN"
+wait "$INJ"
+wait "$STAP"
+expect "a frozen stage loses nothing" "$(wc -l <"$T/stall.out")" "100000"
+check "a frozen stage reorders nothing" sh -c \
+    "grep -o '\"src_id\":\"[0-9]*\"' '$T/stall.out' | tr -dc '0-9\n' | awk '\$1 != NR { bad++ } END { exit bad > 0 }'"
+
+# 8. 1,000,000 envelopes across three processes over ipc:// arrive whole and in order.
 N=${FOUNDATION_N:-1000000}
 awk -v n="$N" 'BEGIN { for (i = 1; i <= n; i++)
     printf "{\"channel\":\"api\",\"dir\":\"in\",\"from\":\"api:load\",\"text\":\"m\",\"src_id\":\"%d\"}\n", i }' \
