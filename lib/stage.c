@@ -563,8 +563,11 @@ static int s_run_filter(struct stage_ctx *ctx)
             }
         }
     }
-    /* A last tick lets stages flush what they hold (open batches). */
+    /* A last tick lets stages flush what they hold (open batches); it sees
+     * stage_stopping() true, and gets the drain time to send it on. */
     if (ctx->st->tick != NULL && !ctx->out_closed) {
+        ctx->stopping = true;
+        ctx->stop_deadline = stage_mono_ms() + (uint64_t)ctx->conf.drain_ms;
         ctx->st->tick(ctx->state, ctx);
     }
     if (ctx->retrying) {

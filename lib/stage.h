@@ -62,7 +62,8 @@ struct stage {
     enum verdict (*handle)(void *state, struct stage_ctx *ctx, struct env *e);
     /* Sources: the whole loop; returns the exit code. */
     int (*run)(void *state, struct stage_ctx *ctx);
-    /* Called about every --tick, and when input is idle. */
+    /* Called about every --tick (sooner after stage_wake_in), and once more
+     * at the end, with stage_stopping() true, to flush what is held. */
     void (*tick)(void *state, struct stage_ctx *ctx);
     /* SIGHUP. */
     void (*reload)(void *state, struct stage_ctx *ctx);
