@@ -110,7 +110,9 @@ int buf_json_str(struct buf *b, const char *s, size_t n)
     while (i < n) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x80) {
-            size_t ok = utf8_valid_prefix(s + i, n - i);
+            /* Look at most one sequence (4 bytes) ahead: validating all
+             * that is left, at every non-ASCII byte, made this quadratic. */
+            size_t ok = utf8_valid_prefix(s + i, n - i < 4 ? n - i : 4);
             if (ok == 0) {
                 memcpy(o, "\xEF\xBF\xBD", 3);   /* U+FFFD */
                 o += 3;

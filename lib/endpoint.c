@@ -10,11 +10,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <msgpack.h>
 #include <zmq.h>
 
 #include "buf.h"
 #include "envelope.h"
+#include "mp.h"
 
 #define STDOUT_FLUSH_AT (64u << 10)     /* flush stdout once this much waits */
 #define STDIN_READ (64u << 10)          /* bytes asked of one read(2) */
@@ -31,7 +31,6 @@ struct ep {
     struct buf in;              /* stdin bytes not yet handed out */
     size_t in_off;              /* start of the next message in `in` */
     bool eof;                   /* stdin has ended */
-    msgpack_unpacked unp;       /* msgpack-c's frame of the last stdin message */
     struct buf out;             /* stdout bytes not yet written */
     uint64_t dropped;           /* PUB messages dropped at the HWM */
     const char *bad_reason;     /* why the last EP_BAD was bad */
@@ -126,7 +125,6 @@ struct ep *ep_open(void *zctx, const struct ep_spec *spec, enum ep_role role,
     if (spec->mode == EP_STDIO) {
         snprintf(ep->name, sizeof ep->name, "%s", role == EP_IN ? "stdin" : "stdout");
         ep->fd = role == EP_IN ? STDIN_FILENO : STDOUT_FILENO;
-        msgpack_unpacked_init(&ep->unp);
         return ep;
     }
     snprintf(ep->name, sizeof ep->name, "%s%s", spec->mode == EP_BIND ? "@" : ">", spec->uri);
@@ -185,7 +183,6 @@ void ep_destroy(struct ep **epp)
         if (ep->role == EP_OUT) {
             ep_flush(ep);
         }
-        msgpack_unpacked_destroy(&ep->unp);
     }
     buf_free(&ep->in);
     buf_free(&ep->out);
@@ -218,6 +215,33 @@ long ep_fill(struct ep *ep)
     return (long)r;
 }
 
+/* Length of the msgpack value at p[0..n): > 0, 0 when it needs more bytes,
+ * -1 when p does not start one. Counts the elements still due instead of
+ * recursing, so nesting is no limit here (msgpack-c's unpacker stops at 32
+ * levels, with an out-of-memory error); env_decode judges depth. */
+static long s_frame(const char *p, size_t n)
+{
+    struct mp_reader r;
+    mp_reader_init(&r, p, n);
+    uint64_t due = 1;
+    while (due > 0) {
+        struct mp_val v;
+        if (r.p < r.end && *r.p == 0xc1) {
+            return -1;          /* the one byte msgpack never uses */
+        }
+        if (mp_read(&r, &v) != 0) {
+            return 0;           /* otherwise mp_read fails only when truncated */
+        }
+        due--;
+        if (v.type == MP_ARRAY) {
+            due += v.n;
+        } else if (v.type == MP_MAP) {
+            due += 2 * (uint64_t)v.n;
+        }
+    }
+    return (long)(r.p - (const uint8_t *)p);
+}
+
 static enum ep_status s_recv_stdin(struct ep *ep, const void **p, size_t *n)
 {
     const char *base = ep->in.data + ep->in_off;
@@ -225,38 +249,30 @@ static enum ep_status s_recv_stdin(struct ep *ep, const void **p, size_t *n)
     if (avail == 0) {
         return ep->eof ? EP_EOF : EP_AGAIN;
     }
-    size_t off = 0;
-    msgpack_unpack_return rc = msgpack_unpack_next(&ep->unp, base, avail, &off);
-    if (rc == MSGPACK_UNPACK_SUCCESS) {
+    long len = s_frame(base, avail);
+    if (len > 0) {
         *p = base;
-        *n = off;
-        ep->in_off += off;
+        *n = (size_t)len;
+        ep->in_off += (size_t)len;
         return EP_MSG;
     }
-    if (rc == MSGPACK_UNPACK_CONTINUE && !ep->eof && avail <= ENV_MAX_BYTES + 16) {
+    if (len == 0 && !ep->eof && avail <= ENV_MAX_BYTES + 16) {
         return EP_AGAIN;
-    }
-    if (rc == MSGPACK_UNPACK_NOMEM_ERROR) {
-        errno = ENOMEM;
-        return EP_ERROR;
     }
     *p = base;
     *n = avail < BAD_SHOWN ? avail : BAD_SHOWN;
-    if (rc == MSGPACK_UNPACK_CONTINUE && ep->eof) {
+    if (len == 0 && ep->eof) {
         ep->bad_reason = "truncated msgpack at end of input";
         ep->in_off += avail;
         return EP_BAD;
     }
     /* Not msgpack, or larger than any envelope: skip to the next offset
      * where msgpack could begin, and report the run once. */
-    ep->bad_reason = rc == MSGPACK_UNPACK_CONTINUE ? "message larger than the envelope limit"
-                                                   : "not msgpack";
+    ep->bad_reason = len == 0 ? "message larger than the envelope limit" : "not msgpack";
     size_t skip = 1;
     while (skip < avail) {
-        size_t o = 0;
-        msgpack_unpack_return r2 = msgpack_unpack_next(&ep->unp, base + skip, avail - skip, &o);
-        if (r2 == MSGPACK_UNPACK_SUCCESS
-            || (r2 == MSGPACK_UNPACK_CONTINUE && avail - skip <= ENV_MAX_BYTES + 16)) {
+        long l2 = s_frame(base + skip, avail - skip);
+        if (l2 > 0 || (l2 == 0 && avail - skip <= ENV_MAX_BYTES + 16)) {
             break;
         }
         skip++;

@@ -274,6 +274,12 @@ static int s_check_raw(enum env_key k, struct mp_reader *r, struct env_err *err)
     if ((kind == K_ARRAY || kind == K_TRACE) && v.type != MP_ARRAY) {
         return s_fail(err, name, "expected array, found %s", mp_type_name(v.type));
     }
+    /* Depth counts from the value itself, as for unknown keys and in
+     * env_to_json, so that whatever decodes can also be shown. */
+    struct mp_reader whole = *r;
+    if (mp_skip(&whole) != 0) {
+        return s_fail(err, name, "truncated, invalid or too deeply nested msgpack");
+    }
     if (kind == K_MAP) {
         /* Keys of known maps must be strings, so JSON can show them. */
         for (uint32_t i = 0; i < v.n; i++) {
@@ -547,7 +553,8 @@ int env_encode(const struct env *e, struct buf *out)
         size_t kl = strlen(s_keys[k].name);
         rc |= msgpack_pack_str(&pk, kl);
         rc |= msgpack_pack_str_body(&pk, s_keys[k].name, kl);
-        const char *p = e->store.data + e->val[k].off;
+        /* Numbers live outside the store, which may still be unallocated. */
+        const char *p = s_keys[k].kind == K_UINT ? NULL : e->store.data + e->val[k].off;
         switch (s_keys[k].kind) {
         case K_STR:
             rc |= msgpack_pack_str(&pk, e->val[k].len);
@@ -654,7 +661,17 @@ int env_from_json(struct env *e, const cJSON *obj, struct env_err *err)
             buf_reset(&tmp);
             rc = msgpack_pack_str(&pk, kn) | msgpack_pack_str_body(&pk, c->string, kn);
             rc |= mp_pack_json(&pk, c);
-            if (rc != 0 || s_add_extra(e, tmp.data, tmp.len) != 0) {
+            /* Held to the depth env_decode allows, so that what is built
+             * here decodes downstream. */
+            struct mp_reader vr;
+            struct mp_val kv;
+            mp_reader_init(&vr, tmp.data, tmp.len);
+            if (rc != 0) {
+                rc = s_fail(err, c->string, "out of memory or envelope too large");
+            } else if (mp_read(&vr, &kv) != 0 || mp_skip(&vr) != 0) {
+                rc = s_fail(err, "envelope", "value of key '%.32s' is nested deeper than %d",
+                            c->string, MP_MAX_DEPTH);
+            } else if (s_add_extra(e, tmp.data, tmp.len) != 0) {
                 rc = s_fail(err, c->string, "out of memory or envelope too large");
             }
             continue;
@@ -701,17 +718,193 @@ int env_from_json(struct env *e, const cJSON *obj, struct env_err *err)
 
 int env_to_json(const struct env *e, struct buf *out)
 {
+    /* Value by value: each is held to MP_MAX_DEPTH from itself, as
+     * env_decode holds it, not from the top of the envelope. */
     struct buf tmp = { 0 };
+    struct mp_reader r;
+    struct mp_val map;
     int rc = env_encode(e, &tmp);
-    if (rc == 0) {
-        rc = mp_to_json(tmp.data, tmp.len, out);
+    if (rc != 0) {
+        goto done;
     }
+    mp_reader_init(&r, tmp.data, tmp.len);
+    if (mp_read(&r, &map) != 0) {
+        rc = -1;
+        goto done;
+    }
+    rc = buf_putc(out, '{');
+    for (uint32_t i = 0; rc == 0 && i < map.n; i++) {
+        struct mp_val key;
+        if (mp_read(&r, &key) != 0) {
+            rc = -1;
+            goto done;
+        }
+        struct mp_reader end = r;
+        if (mp_skip(&end) != 0) {
+            rc = -1;
+            goto done;
+        }
+        if (i > 0) {
+            rc |= buf_putc(out, ',');
+        }
+        rc |= buf_json_str(out, key.s, key.n);
+        rc |= buf_putc(out, ':');
+        rc |= mp_to_json(r.p, (size_t)(end.p - r.p), out);
+        r = end;
+    }
+    rc |= buf_putc(out, '}');
+done:
     buf_free(&tmp);
-    return rc;
+    return rc == 0 ? 0 : -1;
 }
 
 const char *env_err_str(const struct env_err *err, char *out, size_t n)
 {
     snprintf(out, n, "field=%s reason=\"%s\"", err->field, err->reason);
     return out;
+}
+
+int env_set_map(struct env *e, enum env_key k, const struct env_kv *kv, size_t n,
+                struct env_err *err)
+{
+    assert(k < ENV_NKEYS && s_keys[k].kind == K_MAP);
+    struct buf tmp = { 0 };
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &tmp, mp_buf_write);
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        count += !(kv[i].type == ENV_KV_STR && kv[i].s == NULL);
+    }
+    int rc = msgpack_pack_map(&pk, count);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (kv[i].type == ENV_KV_STR && kv[i].s == NULL) {
+            continue;
+        }
+        size_t kl = strlen(kv[i].key);
+        rc |= msgpack_pack_str_with_body(&pk, kv[i].key, kl);
+        switch (kv[i].type) {
+        case ENV_KV_STR:
+            if (!utf8_is_valid(kv[i].s, strlen(kv[i].s))) {
+                buf_free(&tmp);
+                return s_fail(err, s_keys[k].name, "entry '%s' is not valid UTF-8", kv[i].key);
+            }
+            rc |= msgpack_pack_str_with_body(&pk, kv[i].s, strlen(kv[i].s));
+            break;
+        case ENV_KV_INT:
+            rc |= msgpack_pack_int64(&pk, kv[i].i);
+            break;
+        case ENV_KV_BOOL:
+            rc |= kv[i].b ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+            break;
+        case ENV_KV_FLOAT:
+            rc |= msgpack_pack_double(&pk, kv[i].f);
+            break;
+        }
+    }
+    if (rc != 0) {
+        buf_free(&tmp);
+        return s_fail(err, s_keys[k].name, "out of memory");
+    }
+    rc = env_set_raw(e, k, tmp.data, tmp.len, err);
+    buf_free(&tmp);
+    return rc;
+}
+
+/* Finds entry name in map key k; leaves r at its value. */
+static int s_map_find(const struct env *e, enum env_key k, const char *name, struct mp_reader *r)
+{
+    assert(k < ENV_NKEYS && s_keys[k].kind == K_MAP);
+    size_t n;
+    const void *p = env_raw(e, k, &n);
+    if (p == NULL) {
+        return 0;
+    }
+    mp_reader_init(r, p, n);
+    struct mp_val m;
+    if (mp_read(r, &m) != 0 || m.type != MP_MAP) {
+        return 0;
+    }
+    size_t nl = strlen(name);
+    for (uint32_t i = 0; i < m.n; i++) {
+        struct mp_val key;
+        if (mp_read(r, &key) != 0) {
+            return 0;
+        }
+        if (key.type == MP_STR && key.n == nl && memcmp(key.s, name, nl) == 0) {
+            return 1;
+        }
+        if (mp_skip(r) != 0) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+int env_map_str(const struct env *e, enum env_key k, const char *name, char *out, size_t n)
+{
+    struct mp_reader r;
+    struct mp_val v;
+    if (s_map_find(e, k, name, &r) == 0) {
+        return 0;
+    }
+    if (mp_read(&r, &v) != 0 || v.type != MP_STR) {
+        return -1;
+    }
+    if (n > 0) {
+        size_t len = v.n < n - 1 ? v.n : n - 1;
+        memcpy(out, v.s, len);
+        out[len] = '\0';
+    }
+    return 1;
+}
+
+int env_map_int(const struct env *e, enum env_key k, const char *name, int64_t *out)
+{
+    struct mp_reader r;
+    struct mp_val v;
+    if (s_map_find(e, k, name, &r) == 0) {
+        return 0;
+    }
+    if (mp_read(&r, &v) != 0) {
+        return -1;
+    }
+    if (v.type == MP_UINT && v.u <= INT64_MAX) {
+        *out = (int64_t)v.u;
+        return 1;
+    }
+    if (v.type == MP_INT) {
+        *out = v.i;
+        return 1;
+    }
+    return -1;
+}
+
+int env_map_bool(const struct env *e, enum env_key k, const char *name, bool *out)
+{
+    struct mp_reader r;
+    struct mp_val v;
+    if (s_map_find(e, k, name, &r) == 0) {
+        return 0;
+    }
+    if (mp_read(&r, &v) != 0 || v.type != MP_BOOL) {
+        return -1;
+    }
+    *out = v.b;
+    return 1;
+}
+
+const void *env_map_raw(const struct env *e, enum env_key k, const char *name, size_t *n)
+{
+    struct mp_reader r;
+    if (s_map_find(e, k, name, &r) == 0) {
+        *n = 0;
+        return NULL;
+    }
+    const uint8_t *start = r.p;
+    if (mp_skip(&r) != 0) {
+        *n = 0;
+        return NULL;
+    }
+    *n = (size_t)(r.p - start);
+    return start;
 }

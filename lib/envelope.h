@@ -115,6 +115,30 @@ int env_set_raw(struct env *e, enum env_key k, const void *p, size_t n, struct e
 /* Appends [stage, ms] to trace. */
 int env_trace_add(struct env *e, const char *stage, uint64_t ms);
 
+/* One entry of a small map value (route, bot, meta), for env_set_map. */
+enum env_kv_type { ENV_KV_STR, ENV_KV_INT, ENV_KV_BOOL, ENV_KV_FLOAT };
+struct env_kv {
+    const char *key;        /* entry name */
+    enum env_kv_type type;  /* which value below is meant */
+    const char *s;          /* ENV_KV_STR (NULL: the entry is left out) */
+    int64_t i;              /* ENV_KV_INT */
+    bool b;                 /* ENV_KV_BOOL */
+    double f;               /* ENV_KV_FLOAT */
+};
+
+/* Sets a map key (route, bot, meta) to a map of these entries, replacing
+ * what was there. Returns 0, or -1 with err filled. */
+int env_set_map(struct env *e, enum env_key k, const struct env_kv *kv, size_t n,
+                struct env_err *err);
+/* Looks up entry name in a map key. Strings: copied NUL-terminated into
+ * out[n] (truncated to fit). Return 1 found, 0 absent (or the key is
+ * absent), -1 present with another type. */
+int env_map_str(const struct env *e, enum env_key k, const char *name, char *out, size_t n);
+int env_map_int(const struct env *e, enum env_key k, const char *name, int64_t *out);
+int env_map_bool(const struct env *e, enum env_key k, const char *name, bool *out);
+/* The msgpack bytes of entry name's value (e.g. an array), or NULL. */
+const void *env_map_raw(const struct env *e, enum env_key k, const char *name, size_t *n);
+
 /* The key's name ("id"), and the key for a name, or -1. */
 const char *env_key_name(enum env_key k);
 int env_key_find(const char *name, size_t n);

@@ -50,7 +50,10 @@ cJSON *json_parse(const char *s, size_t n, char *err, size_t errn)
     while (off < n && (s[off] == ' ' || s[off] == '\t' || s[off] == '\r' || s[off] == '\n')) {
         off++;
     }
-    if (off < n && s[off] != '\0') {
+    /* One NUL may end the text (a C string passed with its terminator);
+     * anything else after the value, a NUL followed by more included, is
+     * garbage. */
+    if (off < n && !(s[off] == '\0' && off + 1 == n)) {
         s_locate(s, off, &line, &col);
         snprintf(err, errn, "line %zu, column %zu: text after the JSON value", line, col);
         cJSON_Delete(j);

@@ -162,7 +162,24 @@ const char *mp_type_name(enum mp_type t)
 static int s_to_json(struct mp_reader *r, struct buf *out, int depth, bool as_key)
 {
     struct mp_val v;
-    if (depth > MP_MAX_DEPTH || mp_read(r, &v) != 0) {
+    struct mp_reader peek = *r;
+    if (depth > MP_MAX_DEPTH) {
+        return -1;
+    }
+    if (as_key && mp_read(&peek, &v) == 0
+        && (v.type == MP_ARRAY || v.type == MP_MAP || v.type == MP_EXT)) {
+        /* A container or ext as a key: its msgpack bytes in base64, as a
+         * string. (Its JSON text, escaped, would double in size with every
+         * level of keys inside keys.) */
+        const uint8_t *start = r->p;
+        if (mp_skip(r) != 0) {
+            return -1;
+        }
+        int rc = buf_putc(out, '"');
+        rc |= buf_base64(out, start, (size_t)(r->p - start));
+        return rc | buf_putc(out, '"');
+    }
+    if (mp_read(r, &v) != 0) {
         return -1;
     }
     char num[40];
@@ -194,17 +211,11 @@ static int s_to_json(struct mp_reader *r, struct buf *out, int depth, bool as_ke
         rc |= buf_base64(out, v.s, v.n);
         return rc | buf_putc(out, '"');
     case MP_EXT:
-        if (as_key) {
-            return -1;
-        }
         rc |= buf_printf(out, "{\"ext\":%d,\"data\":\"", v.ext);
         rc |= buf_base64(out, v.s, v.n);
         return rc | buf_puts(out, "\"}");
     case MP_ARRAY:
     case MP_MAP:
-        if (as_key) {
-            return -1;
-        }
         if ((uint64_t)v.n > (uint64_t)(r->end - r->p)) {
             return -1;
         }

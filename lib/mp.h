@@ -1,7 +1,7 @@
 /* mp — a bounds-checked msgpack reader that knows where each value starts and
  * ends, plus generic msgpack <-> JSON conversion.
  *
- * msgpack-c packs (msgpack_packer) and frames streams (msgpack_unpacker);
+ * msgpack-c packs (msgpack_packer);
  * this reader exists because the envelope must carry unknown keys byte for
  * byte, and msgpack-c's object tree does not say which bytes a value came
  * from. It knows nothing of envelopes: lib/envelope.c owns that schema. */

@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +15,7 @@ int opt_parse_ms(const char *s, int64_t *ms)
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (end == s || errno != 0 || v < 0) {
+    if (end == s || errno != 0 || !(v >= 0)) {     /* NaN fails too */
         return -1;
     }
     double mult = 1;
@@ -49,6 +50,7 @@ int opt_value(enum opt_type t, const char *text, void *out, char *err, size_t n)
         char *end;
         errno = 0;
         long long v = strtoll(text, &end, 10);
+        bool digits = end != text;
         long long mult = 1;
         if (*end == 'k') {
             mult = 1000;
@@ -60,8 +62,12 @@ int opt_value(enum opt_type t, const char *text, void *out, char *err, size_t n)
             mult = 1000000000;
             end++;
         }
-        if (end == text || *end != '\0' || errno != 0) {
+        if (!digits || *end != '\0' || errno != 0) {
             snprintf(err, n, "'%s' is not an integer", text);
+            return -1;
+        }
+        if (v > LLONG_MAX / mult || v < LLONG_MIN / mult) {
+            snprintf(err, n, "'%s' is too large", text);
             return -1;
         }
         *(int64_t *)out = v * mult;
