@@ -13,12 +13,12 @@ FUZZ_TIME ?= 30
 DEBS := build-essential pkg-config libzmq3-dev libmsgpack-dev libcjson-dev \
 	libsqlite3-dev libcurl4-openssl-dev libmicrohttpd-dev libssl-dev \
 	libpcre2-dev libgmime-3.0-dev libsystemd-dev libcmocka-dev \
-	jq sqlite3 curl clang libclang-rt-14-dev \
+	jq sqlite3 curl python3 clang libclang-rt-14-dev \
 	libyajl-dev libjansson-dev
 
 # Libraries every binary links (pkg-config names); evaluated only when used,
 # so `make deps` works before they are installed.
-PKGS := libzmq msgpack libcjson libcrypto libsystemd sqlite3
+PKGS := libzmq msgpack libcjson libcrypto libsystemd sqlite3 libpcre2-8 libcurl libmicrohttpd gmime-3.0
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lm
 

@@ -1,0 +1,77 @@
+/* spool — an ingestor's durable queue (DESIGN.md, "Delivery"). An ingestor
+ * puts each message here and commits BEFORE it acknowledges the channel
+ * (HTTP 200, IMAP cursor, Telegram offset); the spool sends what is
+ * committed on to the pipeline, drops what omni-archive acknowledges, and
+ * re-sends, with the same id, what stays unacknowledged past a timeout.
+ *
+ * One sqlite database per ingestor (WAL, synchronous=FULL: an ack to a
+ * channel is a promise), with the channel's own id (channel, src_id) unique,
+ * so a duplicate delivery of one message gets the id of the first. A small
+ * key/value table keeps cursors (Telegram offset, IMAP UIDVALIDITY/UID) in
+ * the same transaction as the messages they cover.
+ *
+ * Typical source loop:
+ *     parse request -> spool_put() each message -> spool_commit() -> answer 200
+ *     spool_pump() from the stage's tick and after each commit
+ *     spool_full() -> answer 503 (or hold the cursor) so the provider retries */
+#ifndef OMNI_SPOOL_H
+#define OMNI_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "envelope.h"
+#include "opt.h"
+#include "stage.h"
+
+/* Settings; spool_options lists them for a stage's option table. */
+struct spool_conf {
+    const char *path;           /* --spool: the sqlite file */
+    const char *acks;           /* --acks: omni-archive's ack endpoint (SUB connects) */
+    int64_t resend_after_ms;    /* --resend-after: re-send unacked after this long */
+    int64_t max;                /* --spool-max: backlog at which the ingestor refuses work */
+};
+
+struct spool;
+
+/* Options for a stage that spools, filling a struct spool_conf at offset
+ * `base` of the stage's conf struct: --spool, --acks, --resend-after,
+ * --spool-max. Copy them into the stage's table with spool_opts_into(). */
+size_t spool_opts_into(struct opt *table, size_t max, size_t base);
+
+/* Opens (creates) the spool. ctx gives the ZeroMQ context for --acks.
+ * Returns NULL with a reason in err[n]. */
+struct spool *spool_open(struct stage_ctx *ctx, const struct spool_conf *conf,
+                         char *err, size_t n);
+void spool_destroy(struct spool **sp);
+
+/* Adds e to the open transaction. When (channel, src_id) is already
+ * spooled, e's id is replaced by the first one's and 1 is returned (a
+ * duplicate: nothing new is stored); otherwise 0. -1 on a database error. */
+int spool_put(struct spool *sp, struct env *e);
+/* Sets a cursor in the open transaction (e.g. "telegram.offset"). */
+int spool_state_set(struct spool *sp, const char *key, const char *value);
+/* Reads a cursor into out[n]; 1 found, 0 absent, -1 error. */
+int spool_state_get(struct spool *sp, const char *key, char *out, size_t n);
+/* Commits the open transaction durably. Only after this returns 0 may the
+ * channel be acknowledged. Returns 0, or -1 (the transaction is rolled
+ * back: answer the channel with an error so that it retries). */
+int spool_commit(struct spool *sp);
+/* Drops the open transaction. */
+void spool_rollback(struct spool *sp);
+
+/* Sends (stage_emit) what is committed and not yet sent, then what is
+ * unacknowledged past resend_after, and reads pending acks. Call it after
+ * each commit and from tick(). Returns envelopes sent, or -1. */
+int spool_pump(struct spool *sp, struct stage_ctx *ctx);
+/* Marks ids as acknowledged (what arrives on --acks goes here too). */
+int spool_ack(struct spool *sp, const char *const *ids, size_t n);
+/* Envelopes spooled and not yet acknowledged. */
+int64_t spool_backlog(const struct spool *sp);
+/* True when the backlog has reached --spool-max: refuse new work. */
+bool spool_full(const struct spool *sp);
+/* The ZeroMQ socket of --acks (or NULL), for a source's own poll loop. */
+void *spool_acks_socket(const struct spool *sp);
+
+#endif
