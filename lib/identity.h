@@ -10,7 +10,17 @@
  *
  * The functions below are the library the stage and the CLI (link, unlink,
  * show, forget) share. Every function that writes needs an open transaction
- * (identity_begin ... identity_commit). */
+ * (identity_begin ... identity_commit).
+ *
+ *   identity.c        these functions (open, transactions, assign, link,
+ *                     unlink, resolve, show, forget)
+ *   iddb.c            the schema, statements, handle cache, customers and
+ *                     handles (iddb.h: what struct identity is)
+ *   idconv.c          conversations: open, idle, closed, lazily written
+ *   idgraph.c         links, merges, conflicts, splits
+ *   idenv.c           what an envelope says: its handle, channel facts, events
+ *   identity_stage.c  the stage: group commit of assigned envelopes
+ *   identity_cli.c    the subcommands link, unlink, show, forget */
 #ifndef OMNI_IDENTITY_H
 #define OMNI_IDENTITY_H
 
@@ -142,7 +152,7 @@ int identity_show(struct identity *id, const char *customer, bool json, struct b
  * identity_checkpoint so that nothing of them stays in the log. */
 int identity_forget(struct identity *id, const char *customer, struct identity_forgot *f);
 /* Writes the latest activity of every conversation kept in memory (the
- * stage writes it lazily; see S_SLACK_MAX). Needs a transaction. */
+ * stage writes it lazily; see IDCONV_SLACK_MAX). Needs a transaction. */
 int identity_sync(struct identity *id);
 /* PRAGMA wal_checkpoint(TRUNCATE). Returns IDENTITY_OK or _BUSY (readers
  * kept part of the log). */
