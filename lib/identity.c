@@ -250,7 +250,9 @@ int identity_assign(struct identity *id, struct env *e, struct identity_result *
     r->link = 0;
     r->replay = r->merged = false;
     r->parts = 0;
-    const char *eid = env_get(e, ENV_ID);
+    /* A copy: stamping the envelope may move its strings. */
+    char eid[ENV_MAX_SHORT + 1];
+    snprintf(eid, sizeof eid, "%s", env_get(e, ENV_ID));
     bool event = strcmp(env_get(e, ENV_DIR), "event") == 0;
     char h[HANDLE_MAX + 1] = "";
     enum env_key key = ENV_NKEYS;
