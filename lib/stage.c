@@ -778,9 +778,11 @@ int stage_main(const struct stage *st, int argc, char **argv)
         status = EXIT_USAGE;
         goto done;
     }
-    if (ctx.conf.hwm < 1 || ctx.conf.hwm > 10000000 || ctx.conf.tick_ms < 10
+    /* Below ~100, libzmq 4.3 drops what a closing ipc peer still had
+     * queued for us, linger or not (zeromq/libzmq#4660): refuse it. */
+    if (ctx.conf.hwm < 100 || ctx.conf.hwm > 10000000 || ctx.conf.tick_ms < 10
         || ctx.conf.linger_ms > 3600000 || ctx.conf.drain_ms > 3600000) {
-        log_msg(LOG_ERROR, "--hwm must be 1..10M, --tick at least 10ms, --linger and --drain at most 1h");
+        log_msg(LOG_ERROR, "--hwm must be 100..10M, --tick at least 10ms, --linger and --drain at most 1h");
         status = EXIT_USAGE;
         goto done;
     }
