@@ -96,6 +96,7 @@ struct stage_ctx {
     uint64_t stop_deadline;     /* monotonic ms when draining gives up */
     bool out_closed;            /* stdout reader went away */
     uint64_t next_tick;         /* monotonic ms of the next tick() */
+    uint64_t last_watchdog;     /* monotonic ms of the last WATCHDOG=1 */
     struct stage_stats stats;   /* counters */
     struct log_limit bad_limit; /* rate limit of bad-input lines */
     struct log_limit out_limit; /* rate limit of output errors */
@@ -196,8 +197,21 @@ void stage_stop(struct stage_ctx *ctx)
     ctx->stop_deadline = 0;
 }
 
+/* Tells systemd's watchdog the process is alive, at most every 500 ms:
+ * from ticks, and from every loop that asks stage_stopping() (sources with
+ * loops of their own, and sends waiting for a slow next stage). */
+static void s_watchdog(struct stage_ctx *ctx)
+{
+    uint64_t now = stage_mono_ms();
+    if (now - ctx->last_watchdog >= 500) {
+        ctx->last_watchdog = now;
+        sd_notify(0, "WATCHDOG=1");
+    }
+}
+
 bool stage_stopping(struct stage_ctx *ctx)
 {
+    s_watchdog(ctx);
     if (ctx->st->reload != NULL) {
         if (s_read_signals(ctx)) {
             log_msg(LOG_INFO, "SIGHUP: reloading");
@@ -479,7 +493,7 @@ static void s_tick(struct stage_ctx *ctx)
     if (ctx->st->tick != NULL) {
         ctx->st->tick(ctx->state, ctx);
     }
-    sd_notify(0, "WATCHDOG=1");
+    s_watchdog(ctx);
 }
 
 /* The loop of filters and sinks. */
