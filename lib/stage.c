@@ -184,7 +184,7 @@ static bool s_read_signals(struct stage_ctx *ctx)
 void stage_wake_in(struct stage_ctx *ctx, int64_t ms)
 {
     uint64_t at = stage_mono_ms() + (uint64_t)(ms > 0 ? ms : 0);
-    if (at < ctx->next_tick) {
+    if (ctx->next_tick == 0 || at < ctx->next_tick) {
         ctx->next_tick = at;
     }
 }
@@ -507,7 +507,11 @@ static int s_run_filter(struct stage_ctx *ctx)
     items[1].fd = ep_fd(ctx->in);
     items[1].events = ZMQ_POLLIN;
     bool stdin_in = ep_is_stdio(ctx->in);
-    ctx->next_tick = stage_mono_ms() + (uint64_t)ctx->conf.tick_ms;
+    /* init() may have asked for an earlier tick with stage_wake_in(). */
+    uint64_t first = stage_mono_ms() + (uint64_t)ctx->conf.tick_ms;
+    if (ctx->next_tick == 0 || ctx->next_tick > first) {
+        ctx->next_tick = first;
+    }
     int status = 0;
 
     while (!ctx->stopping) {
