@@ -49,7 +49,7 @@ static const struct opt s_io_in[] = {
     { NULL, 0, NULL, 0, NULL }
 };
 static const struct opt s_io_out[] = {
-    { "out", OPT_STR, "-", C(out), "where envelopes go: -, @uri, >uri" },
+    { "out", OPT_STR, "-", C(out), "where envelopes go: -, @uri, >uri, or none (the end of the line)" },
     { "tap", OPT_STR, NULL, C(tap), "also publish a copy of the output here (PUB)" },
     { NULL, 0, NULL, 0, NULL }
 };
@@ -95,6 +95,7 @@ struct stage_ctx {
     bool stopping;              /* SIGTERM or SIGINT seen */
     uint64_t stop_deadline;     /* monotonic ms when draining gives up */
     bool out_closed;            /* stdout reader went away */
+    bool out_none;              /* --out none: the end of the line */
     uint64_t next_tick;         /* monotonic ms of the next tick() */
     uint64_t last_watchdog;     /* monotonic ms of the last WATCHDOG=1 */
     struct stage_stats stats;   /* counters */
@@ -353,7 +354,7 @@ static int s_send_out(struct stage_ctx *ctx)
 
 int stage_emit(struct stage_ctx *ctx, struct env *e)
 {
-    if (ctx->out == NULL || ctx->out_closed) {
+    if ((ctx->out == NULL && !ctx->out_none) || ctx->out_closed) {
         return -1;
     }
     if (env_trace_add(e, ctx->st->name, stage_now_ms()) != 0) {
@@ -367,7 +368,9 @@ int stage_emit(struct stage_ctx *ctx, struct env *e)
         ctx->stats.lost++;
         return -1;
     }
-    if (s_send_out(ctx) != 0) {
+    if (ctx->out_none) {
+        ctx->stats.out++;
+    } else if (s_send_out(ctx) != 0) {
         return -1;
     }
     if (ctx->tap != NULL) {
@@ -393,7 +396,7 @@ static bool s_process(struct stage_ctx *ctx, const void *p, size_t n)
     enum verdict v = ctx->st->handle ? ctx->st->handle(ctx->state, ctx, ctx->env) : STAGE_PASS;
     switch (v) {
     case STAGE_PASS:
-        if (ctx->out != NULL) {
+        if (ctx->out != NULL || ctx->out_none) {
             stage_emit(ctx, ctx->env);
         }
         break;
@@ -660,7 +663,10 @@ static int s_open_endpoints(struct stage_ctx *ctx)
             return EXIT_UNAVAILABLE;
         }
     }
-    if (!(st->flags & STAGE_SINK)) {
+    if (!(st->flags & STAGE_SINK) && strcmp(ctx->conf.out, "none") == 0) {
+        ctx->out_none = true;
+    }
+    if (!(st->flags & STAGE_SINK) && !ctx->out_none) {
         if (ep_parse(ctx->conf.out, EP_OUT, &spec, err, sizeof err) != 0) {
             log_msg(LOG_ERROR, "--out: %s", err);
             return EXIT_USAGE;
@@ -669,15 +675,15 @@ static int s_open_endpoints(struct stage_ctx *ctx)
             log_msg(LOG_ERROR, "--out: %s", err);
             return EXIT_UNAVAILABLE;
         }
-        if (ctx->conf.tap != NULL && ctx->conf.tap[0] != '\0') {
-            if (ep_parse(ctx->conf.tap, EP_TAP, &spec, err, sizeof err) != 0) {
-                log_msg(LOG_ERROR, "--tap: %s", err);
-                return EXIT_USAGE;
-            }
-            if ((ctx->tap = ep_open(ctx->zctx, &spec, EP_TAP, &eo, err, sizeof err)) == NULL) {
-                log_msg(LOG_ERROR, "--tap: %s", err);
-                return EXIT_UNAVAILABLE;
-            }
+    }
+    if (!(st->flags & STAGE_SINK) && ctx->conf.tap != NULL && ctx->conf.tap[0] != '\0') {
+        if (ep_parse(ctx->conf.tap, EP_TAP, &spec, err, sizeof err) != 0) {
+            log_msg(LOG_ERROR, "--tap: %s", err);
+            return EXIT_USAGE;
+        }
+        if ((ctx->tap = ep_open(ctx->zctx, &spec, EP_TAP, &eo, err, sizeof err)) == NULL) {
+            log_msg(LOG_ERROR, "--tap: %s", err);
+            return EXIT_UNAVAILABLE;
         }
     }
     return s_open_dead(ctx, &eo);
@@ -691,7 +697,7 @@ static int s_check(struct stage_ctx *ctx)
     char err[300];
     const char *names[] = { "in", "out", "tap" };
     const char *vals[] = { (st->flags & STAGE_SOURCE) ? NULL : ctx->conf.in,
-                           (st->flags & STAGE_SINK) ? NULL : ctx->conf.out,
+                           (st->flags & STAGE_SINK) || strcmp(ctx->conf.out, "none") == 0 ? NULL : ctx->conf.out,
                            (st->flags & STAGE_SINK) ? NULL : ctx->conf.tap };
     const enum ep_role roles[] = { ctx->conf.sub ? EP_SUB : EP_IN, EP_OUT, EP_TAP };
     for (int i = 0; i < 3; i++) {

@@ -76,6 +76,10 @@ echo '{"channel":"sms","dir":"in","from":"tel:+5511999990001","text":"x"}' \
     | OMNI_LOG_LEVEL=debug "$BIN/omni-inject" 2>"$T/dbg.err" >/dev/null
 check "OMNI_LOG_LEVEL reaches the tool" grep -q 'omni-inject: debug: ' "$T/dbg.err"
 
+"$BIN/omni-inject" "$TRAFFIC" 2>/dev/null | "$BIN/omni-relay" --out none --log-level debug >"$T/none.out" 2>"$T/none.err"
+expect "--out none ends the line: nothing is written" "$(wc -c <"$T/none.out")" "0"
+check "--out none still counts what passed" grep -q 'done in=340 out=340' "$T/none.err"
+
 # 6. SIGTERM drains and exits 0; --tap publishes a copy for observers.
 spawn "$BIN/omni-relay" --in "@ipc://$T/in" --out - --tap "ipc://$T/tap" >"$T/relay.out"
 RELAY=$SPAWNED
