@@ -49,7 +49,7 @@ UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(filter-out bench/json_choice.c,$(wildcard bench/*.c))
 BENCH_BINS := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps test check fuzz bench run install clean
+.PHONY: all deps test check fuzz bench run install clean chaos
 all: $(TOOL_BINS)
 
 $(BUILD)/%.o: %.c
@@ -113,12 +113,33 @@ fuzz: $(FUZZ_BIN)
 bench: $(TOOL_BINS) $(BENCH_BINS) $(BUILD)/bench/json_choice
 	@BIN=$(abspath $(BINDIR)) BENCH=$(abspath $(BUILD)/bench) bench/run
 
+# The long chaos run: kill -9 of random stages under load (tests/chaos/run).
+chaos: $(TOOL_BINS)
+	@BIN=$(abspath $(BINDIR)) tests/chaos/run --messages 30000 --kills 40
+
 run: $(TOOL_BINS)
 	@BIN=$(abspath $(BINDIR)) pipelines/local
 
+# Binaries, systemd units, example settings (never over ones already there),
+# and the docs. SYSCONFDIR is where /etc/omnibus lives.
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 install: $(TOOL_BINS)
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/omnibus/credentials \
+		$(DESTDIR)$(PREFIX)/share/doc/omnibus $(DESTDIR)$(PREFIX)/share/omnibus/kb
 	install -m 755 $(TOOL_BINS) $(DESTDIR)$(PREFIX)/bin/
+	for u in systemd/*.service systemd/*.target; do \
+		sed -e 's|/usr/local|$(PREFIX)|g' -e 's|/etc/omnibus|$(SYSCONFDIR)/omnibus|g' $$u \
+			>$(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	done
+	for f in examples/etc/*.env examples/rules.conf examples/agents.conf; do \
+		t=$(DESTDIR)$(SYSCONFDIR)/omnibus/$$(basename $$f); \
+		[ -e $$t ] || install -m 640 $$f $$t; \
+	done
+	chmod 700 $(DESTDIR)$(SYSCONFDIR)/omnibus/credentials
+	install -m 644 examples/etc/credentials/README $(DESTDIR)$(SYSCONFDIR)/omnibus/credentials/README
+	install -m 644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/omnibus/
+	install -m 644 examples/kb/*.md $(DESTDIR)$(PREFIX)/share/omnibus/kb/
 
 clean:
 	rm -rf build bin
