@@ -215,33 +215,6 @@ long ep_fill(struct ep *ep)
     return (long)r;
 }
 
-/* Length of the msgpack value at p[0..n): > 0, 0 when it needs more bytes,
- * -1 when p does not start one. Counts the elements still due instead of
- * recursing, so nesting is no limit here (msgpack-c's unpacker stops at 32
- * levels, with an out-of-memory error); env_decode judges depth. */
-static long s_frame(const char *p, size_t n)
-{
-    struct mp_reader r;
-    mp_reader_init(&r, p, n);
-    uint64_t due = 1;
-    while (due > 0) {
-        struct mp_val v;
-        if (r.p < r.end && *r.p == 0xc1) {
-            return -1;          /* the one byte msgpack never uses */
-        }
-        if (mp_read(&r, &v) != 0) {
-            return 0;           /* otherwise mp_read fails only when truncated */
-        }
-        due--;
-        if (v.type == MP_ARRAY) {
-            due += v.n;
-        } else if (v.type == MP_MAP) {
-            due += 2 * (uint64_t)v.n;
-        }
-    }
-    return (long)(r.p - (const uint8_t *)p);
-}
-
 static enum ep_status s_recv_stdin(struct ep *ep, const void **p, size_t *n)
 {
     const char *base = ep->in.data + ep->in_off;
@@ -249,7 +222,10 @@ static enum ep_status s_recv_stdin(struct ep *ep, const void **p, size_t *n)
     if (avail == 0) {
         return ep->eof ? EP_EOF : EP_AGAIN;
     }
-    long len = s_frame(base, avail);
+    /* mp_frame counts the elements still due instead of recursing, so
+     * nesting is no limit here (msgpack-c's unpacker stops at 32 levels,
+     * with an out-of-memory error); env_decode judges depth. */
+    long len = mp_frame(base, avail);
     if (len > 0) {
         *p = base;
         *n = (size_t)len;
@@ -271,7 +247,7 @@ static enum ep_status s_recv_stdin(struct ep *ep, const void **p, size_t *n)
     ep->bad_reason = len == 0 ? "message larger than the envelope limit" : "not msgpack";
     size_t skip = 1;
     while (skip < avail) {
-        long l2 = s_frame(base + skip, avail - skip);
+        long l2 = mp_frame(base + skip, avail - skip);
         if (l2 > 0 || (l2 == 0 && avail - skip <= ENV_MAX_BYTES + 16)) {
             break;
         }

@@ -5,7 +5,11 @@
  * fields and validated (type, size, UTF-8); map and array values (route,
  * bot, meta, attachments, trace) are kept as their msgpack bytes; unknown
  * keys are carried through byte for byte. Strings handed out are
- * NUL-terminated and stay valid until the envelope is next changed. */
+ * NUL-terminated and stay valid until the envelope is next changed.
+ *
+ * Change an envelope through these functions only, never its fields: an
+ * envelope that comes in already in env_encode's form and changes only by
+ * env_trace_add is encoded by copying what came in (struct env's wire). */
 #ifndef OMNI_ENVELOPE_H
 #define OMNI_ENVELOPE_H
 
@@ -68,6 +72,12 @@ struct env {
     uint32_t n_extra;               /* entries used in extra */
     uint32_t cap_extra;             /* entries allocated in extra */
     struct buf store;               /* the bytes every span points into */
+    struct buf wire;                /* the decoded input up to trace, when wire_ok */
+    bool wire_ok;                   /* wire is what env_encode would write before
+                                     * trace: the input was in its form, and
+                                     * nothing but trace changed since */
+    struct buf scratch;             /* where env_from_json and env_set_map pack
+                                     * values, kept for the next call */
 };
 
 struct env *env_new(void);

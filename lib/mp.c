@@ -1,6 +1,7 @@
 /* mp — bounded msgpack reader and msgpack <-> JSON; see mp.h. */
 #include "mp.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -124,31 +125,119 @@ sint:
     return 0;
 }
 
-static int s_skip(struct mp_reader *r, int depth)
+/* The value starting at p (p < end), header only: sets *next past the header
+ * and, for everything but arrays and maps, past the payload too, and *items
+ * to the values nested right inside (elements, or keys and values; 0 for
+ * scalars). Returns 0, -1 when the bytes end inside it, 1 for 0xc1. Reads
+ * what mp_read reads, without filling a struct mp_val; inlined, so that
+ * next and items stay in registers. */
+static inline __attribute__((always_inline))
+int s_head(const uint8_t *p, const uint8_t *end, const uint8_t **next, uint64_t *items)
 {
-    struct mp_val v;
-    if (depth > MP_MAX_DEPTH || mp_read(r, &v) != 0) {
-        return -1;
-    }
-    if (v.type != MP_ARRAY && v.type != MP_MAP) {
+    uint8_t c = *p++;
+    uint64_t len = 0;       /* payload bytes after the header */
+    *items = 0;
+    if (c <= 0x7f || c >= 0xe0) {
+        *next = p;
         return 0;
     }
-    uint64_t items = v.type == MP_MAP ? (uint64_t)v.n * 2 : v.n;
-    /* Every element takes at least one byte: a cheap bound on bogus counts. */
-    if (items > (uint64_t)(r->end - r->p)) {
-        return -1;
+    if (c <= 0x9f) {
+        *items = c <= 0x8f ? 2u * (c & 0x0f) : (c & 0x0f);
+        *next = p;
+        return 0;
     }
-    for (uint64_t k = 0; k < items; k++) {
-        if (s_skip(r, depth + 1) != 0) {
-            return -1;
+    if (c <= 0xbf) {
+        len = c & 0x1f;
+    } else {
+        size_t avail = (size_t)(end - p);
+        switch (c) {
+        case 0xc0: case 0xc2: case 0xc3: break;
+        case 0xc1: return 1;
+        case 0xc4: case 0xd9: if (avail < 1) { return -1; } len = p[0]; p += 1; break;
+        case 0xc5: case 0xda: if (avail < 2) { return -1; } len = s_be16(p); p += 2; break;
+        case 0xc6: case 0xdb: if (avail < 4) { return -1; } len = s_be32(p); p += 4; break;
+        case 0xc7: if (avail < 2) { return -1; } len = p[0]; p += 2; break;
+        case 0xc8: if (avail < 3) { return -1; } len = s_be16(p); p += 3; break;
+        case 0xc9: if (avail < 5) { return -1; } len = s_be32(p); p += 5; break;
+        case 0xcc: case 0xd0: len = 1; break;
+        case 0xcd: case 0xd1: len = 2; break;
+        case 0xca: case 0xce: case 0xd2: len = 4; break;
+        case 0xcb: case 0xcf: case 0xd3: len = 8; break;
+        case 0xd4: len = 2; break;
+        case 0xd5: len = 3; break;
+        case 0xd6: len = 5; break;
+        case 0xd7: len = 9; break;
+        case 0xd8: len = 17; break;
+        case 0xdc: if (avail < 2) { return -1; } *items = s_be16(p); p += 2; break;
+        case 0xdd: if (avail < 4) { return -1; } *items = s_be32(p); p += 4; break;
+        case 0xde: if (avail < 2) { return -1; } *items = 2u * s_be16(p); p += 2; break;
+        default:   if (avail < 4) { return -1; } *items = 2u * (uint64_t)s_be32(p); p += 4; break;
         }
     }
+    if (len > (uint64_t)(end - p)) {
+        return -1;
+    }
+    *next = p + len;
+    return 0;
+}
+
+/* Skips n values that sit depth levels down. */
+static int s_skip_n(struct mp_reader *r, uint64_t n, int depth)
+{
+    if (n > 0 && depth > MP_MAX_DEPTH) {
+        return -1;
+    }
+    const uint8_t *p = r->p;
+    for (; n > 0; n--) {
+        uint64_t items;
+        if (p >= r->end || s_head(p, r->end, &p, &items) != 0) {
+            return -1;
+        }
+        if (items > 0) {
+            /* Every element takes at least one byte: a cheap bound on bogus
+             * counts. */
+            if (items > (uint64_t)(r->end - p)) {
+                return -1;
+            }
+            r->p = p;
+            if (s_skip_n(r, items, depth + 1) != 0) {
+                return -1;
+            }
+            p = r->p;
+        }
+    }
+    r->p = p;
     return 0;
 }
 
 int mp_skip(struct mp_reader *r)
 {
-    return s_skip(r, 0);
+    return s_skip_n(r, 1, 0);
+}
+
+int mp_skip_at(struct mp_reader *r, int depth)
+{
+    assert(depth >= 0);
+    return s_skip_n(r, 1, depth);
+}
+
+long mp_frame(const void *p, size_t n)
+{
+    const uint8_t *c = p;
+    const uint8_t *end = c + n;
+    uint64_t due = 1;
+    while (due > 0) {
+        uint64_t items;
+        if (c >= end) {
+            return 0;
+        }
+        int rc = s_head(c, end, &c, &items);
+        if (rc != 0) {
+            return rc > 0 ? -1 : 0;
+        }
+        due = due - 1 + items;
+    }
+    return (long)(c - (const uint8_t *)p);
 }
 
 const char *mp_type_name(enum mp_type t)

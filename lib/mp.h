@@ -53,6 +53,13 @@ int mp_read(struct mp_reader *r, struct mp_val *v);
 /* Skips one whole value, nested ones included, at most MP_MAX_DEPTH deep.
  * Returns 0, or -1 when truncated, invalid or too deep. */
 int mp_skip(struct mp_reader *r);
+/* mp_skip for a value that sits depth levels inside another: what mp_skip
+ * of the outer value would require of it. */
+int mp_skip_at(struct mp_reader *r, int depth);
+/* Length of the msgpack value at p[0..n), nested values included, at any
+ * depth (it counts the values still due, it does not recurse): > 0, 0 when
+ * the bytes end inside it, -1 when a value starts with 0xc1 (not msgpack). */
+long mp_frame(const void *p, size_t n);
 /* Name of a type, for error messages ("str", "map", ...). */
 const char *mp_type_name(enum mp_type t);
 

@@ -17,14 +17,18 @@ static void s_encode(uint64_t ms, const uint8_t rand[10], char out[ULID_LEN + 1]
         out[i] = s_alphabet[ms & 31];
         ms >>= 5;
     }
-    /* 16 characters of randomness: 80 bits, 5 at a time. */
-    int bit = 0;
-    for (int i = 0; i < 16; i++) {
-        unsigned v = 0;
-        for (int k = 0; k < 5; k++, bit++) {
-            v = v << 1 | ((rand[bit / 8] >> (7 - bit % 8)) & 1);
-        }
-        out[10 + i] = s_alphabet[v];
+    /* 16 characters of randomness: 80 bits, 5 at a time, most significant
+     * first: 12 from the first 8 bytes (60 bits), 4 from the 20 left. */
+    uint64_t hi = 0;
+    for (int i = 0; i < 8; i++) {
+        hi = hi << 8 | rand[i];
+    }
+    for (int i = 0; i < 12; i++) {
+        out[10 + i] = s_alphabet[(hi >> (59 - 5 * i)) & 31];
+    }
+    uint32_t lo = (uint32_t)(hi & 15) << 16 | (uint32_t)rand[8] << 8 | rand[9];
+    for (int i = 0; i < 4; i++) {
+        out[22 + i] = s_alphabet[(lo >> (15 - 5 * i)) & 31];
     }
     out[ULID_LEN] = '\0';
 }
@@ -59,10 +63,20 @@ int ulid_next(struct ulid_gen *g, uint64_t ms, char out[ULID_LEN + 1])
     return 0;
 }
 
+/* One more than the value of each character of the alphabet; 0 for every
+ * other byte. */
+static const uint8_t s_values[256] = {
+    ['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5,
+    ['5'] = 6, ['6'] = 7, ['7'] = 8, ['8'] = 9, ['9'] = 10,
+    ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
+    ['G'] = 17, ['H'] = 18, ['J'] = 19, ['K'] = 20, ['M'] = 21, ['N'] = 22,
+    ['P'] = 23, ['Q'] = 24, ['R'] = 25, ['S'] = 26, ['T'] = 27, ['V'] = 28,
+    ['W'] = 29, ['X'] = 30, ['Y'] = 31, ['Z'] = 32,
+};
+
 static int s_value(char c)
 {
-    const char *p = strchr(s_alphabet, c);
-    return (c != '\0' && p != NULL) ? (int)(p - s_alphabet) : -1;
+    return (int)s_values[(unsigned char)c] - 1;
 }
 
 bool ulid_valid(const char *s, size_t n)
