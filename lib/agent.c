@@ -552,7 +552,7 @@ static int s_send(struct agent_run *r, struct env *e)
     }
     status = EXIT_UNAVAILABLE;
     int64_t timeout = r->conf.timeout_ms;
-    struct ep_opts eo = { 1000, timeout > 60000 ? 60000 : (int)timeout };
+    struct ep_opts eo = { .hwm = 1000, .linger_ms = timeout > 60000 ? 60000 : (int)timeout, .curve = NULL };
     if (r->out.mode != EP_STDIO && (zctx = zmq_ctx_new()) == NULL) {
         log_msg(LOG_ERROR, "--out: no ZeroMQ context: %s", zmq_strerror(zmq_errno()));
         goto done;

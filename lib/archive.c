@@ -582,7 +582,7 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
     }
     if (c->acks != NULL && c->acks[0] != '\0') {
         struct ep_spec spec;
-        struct ep_opts eo = { 10000, 0 };
+        struct ep_opts eo = { .hwm = 10000, .linger_ms = 0, .curve = stage_curve(ctx) };
         ep_parse(c->acks, EP_TAP, &spec, err, sizeof err);
         a->acks = ep_open(stage_zctx(ctx), &spec, EP_TAP, &eo, err, sizeof err);
         if (a->acks == NULL) {

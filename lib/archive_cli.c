@@ -767,7 +767,7 @@ static int s_acks(int argc, char **argv)
         status = EXIT_USAGE;
         goto done;
     }
-    struct ep_opts eo = { 100000, 0 };
+    struct ep_opts eo = { .hwm = 100000, .linger_ms = 0, .curve = NULL };
     zctx = zmq_ctx_new();
     ep = zctx ? ep_open(zctx, &spec, EP_SUB, &eo, err, sizeof err) : NULL;
     if (ep == NULL) {

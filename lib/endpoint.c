@@ -13,6 +13,7 @@
 #include <zmq.h>
 
 #include "buf.h"
+#include "curve.h"
 #include "envelope.h"
 #include "mp.h"
 
@@ -156,6 +157,13 @@ struct ep *ep_open(void *zctx, const struct ep_spec *spec, enum ep_role role,
     s_setint(ep->sock, ZMQ_TCP_KEEPALIVE_IDLE, 60);
     if (role == EP_SUB) {
         zmq_setsockopt(ep->sock, ZMQ_SUBSCRIBE, "", 0);
+    }
+    /* CurveZMQ on tcp (between hosts); ipc and inproc stay on this host. */
+    if (opts->curve != NULL && strncmp(spec->uri, "tcp://", 6) == 0
+        && curve_apply(opts->curve, ep->sock, spec->mode == EP_BIND, err, n) != 0) {
+        zmq_close(ep->sock);
+        free(ep);
+        return NULL;
     }
     int rc = spec->mode == EP_BIND ? zmq_bind(ep->sock, spec->uri) : zmq_connect(ep->sock, spec->uri);
     if (rc != 0) {

@@ -35,9 +35,12 @@ struct ep_spec {
 };
 
 /* Socket settings shared by all endpoints of a process. */
+struct curve;
+
 struct ep_opts {
     int hwm;                /* high-water mark, messages queued per socket */
     int linger_ms;          /* how long close waits to deliver queued output */
+    const struct curve *curve;  /* CurveZMQ for tcp:// endpoints, or NULL */
 };
 
 /* Results of ep_recv. */

@@ -474,7 +474,7 @@ static int s_init(struct stage_ctx *ctx, void *confp, void **state)
     if (m->series == NULL || m->convs == NULL || m->env == NULL) {
         goto fail;
     }
-    struct ep_opts eo = { 100000, 0 };
+    struct ep_opts eo = { .hwm = 100000, .linger_ms = 0, .curve = stage_curve(ctx) };
     struct ep_spec spec;
     if (ep_parse(conf->taps, EP_SUB, &spec, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "--taps: %s", err);

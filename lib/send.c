@@ -753,7 +753,7 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
     }
     if (s_set(c->webchat)) {
         struct ep_spec spec;
-        struct ep_opts eo = { 10000, 2000 };
+        struct ep_opts eo = { .hwm = 10000, .linger_ms = 2000, .curve = stage_curve(ctx) };
         ep_parse(c->webchat, EP_OUT, &spec, err, sizeof err);
         s->webchat = ep_open(stage_zctx(ctx), &spec, EP_OUT, &eo, err, sizeof err);
         if (s->webchat == NULL) {

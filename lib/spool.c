@@ -333,7 +333,7 @@ struct spool *spool_open(struct stage_ctx *ctx, const struct spool_conf *conf, c
             goto fail;
         }
         assert(ctx != NULL);
-        struct ep_opts eo = { 100000, 0 };
+        struct ep_opts eo = { .hwm = 100000, .linger_ms = 0, .curve = stage_curve(ctx) };
         sp->acks = ep_open(stage_zctx(ctx), &spec, EP_SUB, &eo, why, sizeof why);
         if (sp->acks == NULL) {
             snprintf(err, n, "--acks: %.200s", why);

@@ -17,6 +17,7 @@
 #include <zmq.h>
 
 #include "buf.h"
+#include "curve.h"
 #include "endpoint.h"
 #include "log.h"
 #include "mp.h"
@@ -38,6 +39,9 @@ struct stage_conf {
     int64_t drain_ms;           /* how long SIGTERM drains input */
     int64_t tick_ms;            /* how often tick() runs */
     bool sub;                   /* --in is a SUB of a tap */
+    const char *curve_key;      /* own CurveZMQ key pair file */
+    const char *curve_server;   /* the server's public key file, for connecting */
+    const char *curve_peers;    /* admitted clients' public keys, for binding */
     bool check;                 /* --check */
     bool help;                  /* --help */
     bool version;               /* --version */
@@ -65,6 +69,9 @@ static const struct opt s_common[] = {
     { "linger", OPT_MS, "5s", C(linger_ms), "time to deliver queued output at exit" },
     { "drain", OPT_MS, "2s", C(drain_ms), "time SIGTERM spends finishing queued input" },
     { "tick", OPT_MS, "1s", C(tick_ms), "period of housekeeping and watchdog" },
+    { "curve-key", OPT_STR, NULL, C(curve_key), "CurveZMQ key pair (omni-keygen): encrypt tcp:// endpoints" },
+    { "curve-server", OPT_STR, NULL, C(curve_server), "public key file of the server that tcp:// outputs connect to" },
+    { "curve-peers", OPT_STR, NULL, C(curve_peers), "public keys admitted to bound tcp:// endpoints (others refused)" },
     { "check", OPT_BOOL, "no", C(check), "check the configuration and exit" },
     { "help", OPT_BOOL, "no", C(help), "show this help and exit" },
     { "version", OPT_BOOL, "no", C(version), "show the version and exit" },
@@ -98,6 +105,7 @@ struct stage_ctx {
     bool out_none;              /* --out none: the end of the line */
     uint64_t next_tick;         /* monotonic ms of the next tick() */
     uint64_t last_watchdog;     /* monotonic ms of the last WATCHDOG=1 */
+    struct curve *curve;        /* CurveZMQ, or NULL */
     struct stage_stats stats;   /* counters */
     struct log_limit bad_limit; /* rate limit of bad-input lines */
     struct log_limit out_limit; /* rate limit of output errors */
@@ -249,6 +257,11 @@ char **stage_args(struct stage_ctx *ctx, int *n)
 void *stage_zctx(struct stage_ctx *ctx)
 {
     return ctx->zctx;
+}
+
+const struct curve *stage_curve(const struct stage_ctx *ctx)
+{
+    return ctx != NULL ? ctx->curve : NULL;
 }
 
 const char *stage_name(const struct stage_ctx *ctx)
@@ -645,9 +658,22 @@ static int s_open_dead(struct stage_ctx *ctx, struct ep_opts *eo)
 static int s_open_endpoints(struct stage_ctx *ctx)
 {
     const struct stage *st = ctx->st;
-    struct ep_opts eo = { (int)ctx->conf.hwm, (int)ctx->conf.linger_ms };
+    struct ep_opts eo = { (int)ctx->conf.hwm, (int)ctx->conf.linger_ms, NULL };
     struct ep_spec spec;
     char err[300];
+    if (ctx->conf.curve_key != NULL && ctx->conf.curve_key[0] != '\0') {
+        ctx->curve = curve_start(ctx->zctx, ctx->conf.curve_key, ctx->conf.curve_server,
+                                 ctx->conf.curve_peers, err, sizeof err);
+        if (ctx->curve == NULL) {
+            log_msg(LOG_ERROR, "--curve-key: %s", err);
+            return EXIT_CONFIG;
+        }
+        eo.curve = ctx->curve;
+    } else if ((ctx->conf.curve_peers != NULL && ctx->conf.curve_peers[0] != '\0')
+               || (ctx->conf.curve_server != NULL && ctx->conf.curve_server[0] != '\0')) {
+        log_msg(LOG_ERROR, "--curve-peers and --curve-server need --curve-key (this tool's own keys)");
+        return EXIT_USAGE;
+    }
     if (!(st->flags & STAGE_SOURCE)) {
         enum ep_role role = ctx->conf.sub ? EP_SUB : EP_IN;
         if (ep_parse(ctx->conf.in, role, &spec, err, sizeof err) != 0) {
@@ -706,6 +732,28 @@ static int s_check(struct stage_ctx *ctx)
             return EXIT_CONFIG;
         }
     }
+    bool has_key = ctx->conf.curve_key != NULL && ctx->conf.curve_key[0] != '\0';
+    if (!has_key && ((ctx->conf.curve_peers != NULL && ctx->conf.curve_peers[0] != '\0')
+                     || (ctx->conf.curve_server != NULL && ctx->conf.curve_server[0] != '\0'))) {
+        log_msg(LOG_ERROR, "--curve-peers and --curve-server need --curve-key (this tool's own keys)");
+        return EXIT_USAGE;
+    }
+    if (has_key) {
+        /* The keys are read as serving would read them; no socket is opened. */
+        void *z = zmq_ctx_new();
+        snprintf(err, sizeof err, "out of memory");
+        struct curve *cv = z ? curve_start(z, ctx->conf.curve_key, ctx->conf.curve_server,
+                                           ctx->conf.curve_peers, err, sizeof err) : NULL;
+        bool ok = cv != NULL;
+        curve_stop(&cv);
+        if (z != NULL) {
+            zmq_ctx_term(z);
+        }
+        if (!ok) {
+            log_msg(LOG_ERROR, "--curve-key: %s", err);
+            return EXIT_CONFIG;
+        }
+    }
     if (st->check != NULL) {
         int rc = st->check(ctx, ctx->stage_conf);
         if (rc != 0) {
@@ -732,6 +780,7 @@ static void s_close(struct stage_ctx *ctx)
         fclose(ctx->dead_file);
         ctx->dead_file = NULL;
     }
+    curve_stop(&ctx->curve);
     if (ctx->zctx != NULL) {
         zmq_ctx_term(ctx->zctx);
         ctx->zctx = NULL;

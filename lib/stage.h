@@ -96,6 +96,9 @@ int stage_wait_fd(struct stage_ctx *ctx, int fd, int timeout_ms);
 char **stage_args(struct stage_ctx *ctx, int *n);
 /* The process's ZeroMQ context, for stages with sockets of their own. */
 void *stage_zctx(struct stage_ctx *ctx);
+/* The process's CurveZMQ settings (--curve-key ...), or NULL: for stages
+ * that open sockets of their own, to put in their struct ep_opts. */
+const struct curve *stage_curve(const struct stage_ctx *ctx);
 /* Wall-clock ms since epoch. */
 uint64_t stage_now_ms(void);
 /* Monotonic ms, for intervals. */

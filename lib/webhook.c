@@ -590,7 +590,7 @@ static int s_open_ep(struct webhook *wh, const char *text, enum ep_role role, st
 {
     char err[300];
     struct ep_spec spec;
-    struct ep_opts eo = { 10000, 5000 };
+    struct ep_opts eo = { .hwm = 10000, .linger_ms = 5000, .curve = stage_curve(wh->ctx) };
     if (text == NULL || text[0] == '\0') {
         return 0;
     }
