@@ -855,8 +855,11 @@ static enum verdict s_handle(void *state, struct stage_ctx *ctx, struct env *e)
         }
         b->answered++;
         b->llm_used += llm_used;
-        stage_emit(ctx, e);
+        /* The reply first: once the archive has the question (and acks it)
+         * its reply must already be on its way; a replayed question makes
+         * the same reply id, which the archive and omni-send ignore. */
         stage_emit(ctx, b->reply);
+        stage_emit(ctx, e);
         return STAGE_HELD;
     }
     /* Handoff: to the human queue, keeping the router's priority and rule. */
@@ -900,11 +903,12 @@ static enum verdict s_handle(void *state, struct stage_ctx *ctx, struct env *e)
         }
     }
     b->handed_off++;
-    stage_emit(ctx, e);
+    /* Reply and event before the question, for the reason given above. */
     if (closed) {
         stage_emit(ctx, b->reply);
     }
     stage_emit(ctx, b->event);
+    stage_emit(ctx, e);
     return STAGE_HELD;
 }
 

@@ -75,12 +75,13 @@ bot() {
     "$BIN/omni-inject" 2>/dev/null | "$B" --kb "$KB" "$@" 2>"$T/bot.err" | "$BIN/omni-tap"
 }
 
-# 1. A delivery question: the question passes with bot = {article, score},
-#    then the reply.
+# 1. A delivery question: the reply, then the question with bot = {article,
+#    score} (the reply goes first, so that the archive never acks a question
+#    whose reply could still be lost).
 msg 1 "quanto tempo demora pra chegar em Curitiba?" | bot "${HOURS[@]}" >"$T/a.out"
-expect "a question and its reply come out, in that order" \
+expect "a reply and its question come out, in that order" \
     "$(jq -r '.dir + " " + .id' "$T/a.out" | tr '\n' ' ')" \
-    "in $(qid 1) out $(derived "$(qid 1)" bot-reply) "
+    "out $(derived "$(qid 1)" bot-reply) in $(qid 1) "
 expect "the question carries bot = {article, score} and keeps its route" \
     "$(jq -c 'select(.dir == "in") | [.bot.article, (.bot.score > 0), .route.target]' "$T/a.out")" \
     '["prazo-de-entrega",true,"bot"]'
@@ -98,8 +99,8 @@ expect "the same question replayed yields the same reply id" \
 # 2. A request for a person hands off at once: no reply in business hours,
 #    the question routed to the human queue, and an event.
 msg 2 "quero falar com um atendente" | bot "${HOURS[@]}" >"$T/h.out"
-expect "asking for a person: the question and a handoff event, no reply" \
-    "$(jq -r '.dir' "$T/h.out" | tr '\n' ' ')" "in event "
+expect "asking for a person: a handoff event and the question, no reply" \
+    "$(jq -r '.dir' "$T/h.out" | tr '\n' ' ')" "event in "
 expect "route goes to the human queue, keeping priority and rule" \
     "$(jq -c 'select(.dir == "in") | .route' "$T/h.out")" \
     '{"target":"geral","queue":"geral","rule":"faq-bot","reason":"asked-for-human","priority":2}'
@@ -121,14 +122,14 @@ done
 msg 4 "asdkjh qwe zzz blorf" | bot "${HOURS[@]}" >"$T/g.out"
 expect "gibberish hands off low-confidence with an event" \
     "$(jq -r '.dir + ":" + (.bot.handoff // "-") + ":" + (.route.target // "-") + ":" + (.meta.event // "-")' "$T/g.out" | tr '\n' ' ')" \
-    "in:low-confidence:geral:- event:low-confidence:geral:handoff "
+    "event:low-confidence:geral:handoff in:low-confidence:geral:- "
 msg 4 "asdkjh qwe zzz blorf" | bot "${HOURS[@]}" --handoff-queue suporte >"$T/g2.out"
 expect "--handoff-queue names the queue" "$(jq -r 'select(.dir == "in") | .route.queue' "$T/g2.out")" "suporte"
 
 # 4. Off hours (Saturday 16:00 in São Paulo): the handoff also gets a reply
 #    that says when people are back; a question the KB knows is answered.
 msg 5 "asdkjh qwe zzz blorf" "$SAT_AFTERNOON" | bot "${HOURS[@]}" >"$T/o.out"
-expect "off hours: question, reply, event" "$(jq -r '.dir' "$T/o.out" | tr '\n' ' ')" "in out event "
+expect "off hours: reply, event, question" "$(jq -r '.dir' "$T/o.out" | tr '\n' ' ')" "out event in "
 check "the reply says people are back on Monday at 08:00" \
     has "$T/o.out" 'select(.dir == "out") | .text | test("fora do horário.*segunda-feira às 08:00")'
 expect "and still hands off to the queue for the morning" \
@@ -139,7 +140,7 @@ check "an English request off hours gets the English message" \
 msg 7 "qual o valor do frete pro meu cep?" "$SAT_AFTERNOON" | bot "${HOURS[@]}" >"$T/o3.out"
 expect "off hours, a known question is still answered from the KB" \
     "$(jq -r '.dir + ":" + (.bot.article // "-")' "$T/o3.out" | tr '\n' ' ')" \
-    "in:valor-do-frete out:valor-do-frete "
+    "out:valor-do-frete in:valor-do-frete "
 check "a bad --hours is a configuration error" \
     bash -c "! '$B' --kb '$KB' --hours 'someday 9-5' --check 2>/dev/null; [ \$? -eq 0 ]"
 "$B" --kb "$KB" --hours "mon-fri 8-18" --check >/dev/null 2>&1
@@ -222,7 +223,7 @@ for case in "fail:500" "slow:delay past --llm-timeout" "junk:a body that is not 
         | bot --llm "http://127.0.0.1:$(cat "$T/$name.port")" --llm-timeout 300ms >"$T/f.out"
     expect "--llm failing ($(echo "${case#*:}")): the KB answer goes out, nothing is lost" \
         "$(jq -r '.dir + ":" + (.bot.article // "-") + ":" + (.text[0:17])' "$T/f.out" | tr '\n' ' ')" \
-        "in:prazo-de-entrega:quanto tempo demo out:prazo-de-entrega:O prazo aparece n "
+        "out:prazo-de-entrega:O prazo aparece n in:prazo-de-entrega:quanto tempo demo "
     check "and the failure is logged" grep -q "llm failed id=$(qid 13)" "$T/bot.err"
 done
 # Nothing listens on a port once its server is gone: connection refused.
@@ -232,7 +233,7 @@ sleep 0.2
     | bot --llm "$CLOSED_URL" --llm-timeout 300ms >"$T/r.out"
 expect "--llm refused: the KB answer and the handoff still go out" \
     "$(jq -r '.dir + ":" + (.bot.article // .bot.handoff // "-")' "$T/r.out" | tr '\n' ' ')" \
-    "in:prazo-de-entrega out:prazo-de-entrega in:low-confidence event:low-confidence "
+    "out:prazo-de-entrega in:prazo-de-entrega event:low-confidence in:low-confidence "
 check "the fallback is counted at exit" grep -q "llm_failed=1" "$T/bot.err"
 msg 16 "quanto tempo demora pra chegar em Curitiba?" \
     | bot --llm "http://127.0.0.1:$(cat "$T/declines.port")" >"$T/d.out"
