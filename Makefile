@@ -14,7 +14,7 @@ DEBS := build-essential pkg-config libzmq3-dev libmsgpack-dev libcjson-dev \
 	libsqlite3-dev libcurl4-openssl-dev libmicrohttpd-dev libssl-dev \
 	libpcre2-dev libgmime-3.0-dev libsystemd-dev libcmocka-dev \
 	jq sqlite3 curl python3 clang libclang-rt-14-dev \
-	libyajl-dev libjansson-dev prometheus
+	libyajl-dev libjansson-dev prometheus wrk
 
 # Libraries every binary links (pkg-config names); evaluated only when used,
 # so `make deps` works before they are installed.
