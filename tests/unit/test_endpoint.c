@@ -176,7 +176,7 @@ static struct ep *s_open(void *ctx, const char *text, enum ep_role role, int hwm
     struct ep_spec spec;
     char err[300] = "";
     assert_int_equal(ep_parse(text, role, &spec, err, sizeof err), 0);
-    struct ep_opts opts = { hwm, 1000 };
+    struct ep_opts opts = { .hwm = hwm, .linger_ms = 1000, .curve = NULL };
     struct ep *ep = ep_open(ctx, &spec, role, &opts, err, sizeof err);
     if (ep == NULL) {
         print_error("open %s: %s\n", text, err);
@@ -322,7 +322,7 @@ static void test_open_errors(void **state)
     s_tmp_make(&t);
     void *ctx = zmq_ctx_new();
     assert_non_null(ctx);
-    struct ep_opts opts = { 100, 0 };
+    struct ep_opts opts = { .hwm = 100, .linger_ms = 0, .curve = NULL };
     struct ep_spec spec;
     char err[300] = "";
     /* Binding where there is no directory. */
@@ -369,7 +369,7 @@ static int s_stdin_run(const void *data, size_t len, struct s_got *got, int max,
     struct ep_spec spec;
     char err[300];
     assert_int_equal(ep_parse("-", EP_IN, &spec, err, sizeof err), 0);
-    struct ep_opts opts = { 100, 0 };
+    struct ep_opts opts = { .hwm = 100, .linger_ms = 0, .curve = NULL };
     struct ep *ep = ep_open(NULL, &spec, EP_IN, &opts, err, sizeof err);
     assert_non_null(ep);
     assert_true(ep_is_stdio(ep));
@@ -476,7 +476,7 @@ static void test_stdin_bad_input(void **state)
     struct ep_spec spec;
     char err[300];
     assert_int_equal(ep_parse("-", EP_IN, &spec, err, sizeof err), 0);
-    struct ep_opts opts = { 100, 0 };
+    struct ep_opts opts = { .hwm = 100, .linger_ms = 0, .curve = NULL };
     struct ep *ep = ep_open(NULL, &spec, EP_IN, &opts, err, sizeof err);
     assert_non_null(ep);
     static const struct {
