@@ -6,6 +6,7 @@
  * only then emits the copies, in order. Nothing is acked or passed on
  * before its commit; a batch whose transaction was lost (an error rolled it
  * back) is stored again from the copies before it commits. */
+#include "db.h"
 #include "archive.h"
 
 #include <errno.h>
@@ -116,35 +117,12 @@ const char archive_sql_conversation[] =
 
 /* --- the database ------------------------------------------------------ */
 
-static int s_exec(sqlite3 *db, const char *sql, char *err, size_t n)
-{
-    char *msg = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
-    if (rc != SQLITE_OK) {
-        snprintf(err, n, "%s", msg ? msg : sqlite3_errstr(rc));
-    }
-    sqlite3_free(msg);
-    return rc;
-}
-
-/* The integer a one-row pragma or query gives, or -1. */
-static int64_t s_query_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    int64_t v = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
-        v = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    return v;
-}
-
 /* Refuses a database that is not an archive of this schema (or older):
  * checked before anything in it is changed. */
 static int s_schema_check(sqlite3 *db, char *err, size_t n)
 {
-    int64_t version = s_query_int(db, "PRAGMA user_version");
-    int64_t tables = s_query_int(db, "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'");
+    int64_t version = db_query_int(db, "PRAGMA user_version");
+    int64_t tables = db_query_int(db, "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'");
     if (version < 0 || tables < 0) {
         snprintf(err, n, "%.200s", sqlite3_errmsg(db));
         return EXIT_UNAVAILABLE;
@@ -166,7 +144,7 @@ static int s_schema(sqlite3 *db, char *err, size_t n)
 {
     char why[300];
     int status = 0;
-    if (s_exec(db, "BEGIN IMMEDIATE", why, sizeof why) != SQLITE_OK) {
+    if (db_exec(db, "BEGIN IMMEDIATE", why, sizeof why) != SQLITE_OK) {
         snprintf(err, n, "cannot lock the database: %.200s", why);
         return EXIT_TEMPFAIL;
     }
@@ -174,20 +152,20 @@ static int s_schema(sqlite3 *db, char *err, size_t n)
     if (status != 0) {
         goto done;
     }
-    if (s_exec(db, archive_sql_schema, why, sizeof why) != SQLITE_OK) {
+    if (db_exec(db, archive_sql_schema, why, sizeof why) != SQLITE_OK) {
         snprintf(err, n, "cannot create the schema: %.200s", why);
         status = EXIT_UNAVAILABLE;
         goto done;
     }
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", ARCHIVE_SCHEMA_VERSION);
-    if (s_exec(db, sql, why, sizeof why) != SQLITE_OK) {
+    if (db_exec(db, sql, why, sizeof why) != SQLITE_OK) {
         snprintf(err, n, "cannot set the schema version: %.200s", why);
         status = EXIT_UNAVAILABLE;
         goto done;
     }
 done:
-    s_exec(db, status == 0 ? "COMMIT" : "ROLLBACK", why, sizeof why);
+    db_exec(db, status == 0 ? "COMMIT" : "ROLLBACK", why, sizeof why);
     return status;
 }
 
@@ -236,9 +214,9 @@ int archive_open(const char *path, enum archive_mode mode, const struct archive_
         }
         const char *sync = opts && !opts->sync_full ? "PRAGMA synchronous = NORMAL"
                                                     : "PRAGMA synchronous = FULL";
-        if (s_exec(db, sync, why, sizeof why) != SQLITE_OK
-            || s_exec(db, "PRAGMA cache_size = -32768", why, sizeof why) != SQLITE_OK
-            || s_exec(db, "PRAGMA temp_store = MEMORY", why, sizeof why) != SQLITE_OK) {
+        if (db_exec(db, sync, why, sizeof why) != SQLITE_OK
+            || db_exec(db, "PRAGMA cache_size = -32768", why, sizeof why) != SQLITE_OK
+            || db_exec(db, "PRAGMA temp_store = MEMORY", why, sizeof why) != SQLITE_OK) {
             snprintf(err, n, "%.200s: %.200s", path, why);
             goto fail;
         }
@@ -251,11 +229,11 @@ int archive_open(const char *path, enum archive_mode mode, const struct archive_
             sqlite3_busy_timeout(db, opts->busy_ms);
         }
     } else {
-        if (s_exec(db, "PRAGMA temp_store = MEMORY", why, sizeof why) != SQLITE_OK) {
+        if (db_exec(db, "PRAGMA temp_store = MEMORY", why, sizeof why) != SQLITE_OK) {
             snprintf(err, n, "%.200s: %.200s", path, why);
             goto fail;
         }
-        int64_t version = s_query_int(db, "PRAGMA user_version");
+        int64_t version = db_query_int(db, "PRAGMA user_version");
         if (version < 0) {
             snprintf(err, n, "%s: %s", path, sqlite3_errmsg(db));
             goto fail;

@@ -11,6 +11,7 @@
  * logged and counted. Receipts are derived from the reply id, so a receipt
  * emitted twice (a crash between emit and its mark) is one receipt
  * downstream. */
+#include "db.h"
 #include "send.h"
 
 #include <errno.h>
@@ -165,28 +166,6 @@ static int s_check(struct stage_ctx *ctx, void *conf)
 
 /* --- the outbox ------------------------------------------------------------ */
 
-static int s_exec(sqlite3 *db, const char *sql, char *err, size_t n)
-{
-    char *msg = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
-    if (rc != SQLITE_OK) {
-        snprintf(err, n, "%s", msg ? msg : sqlite3_errstr(rc));
-    }
-    sqlite3_free(msg);
-    return rc;
-}
-
-static int64_t s_query_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    int64_t v = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
-        v = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    return v;
-}
-
 /* Opens (creates) the outbox: WAL, synchronous=FULL, the schema. */
 static int s_open_db(struct send *s)
 {
@@ -198,8 +177,8 @@ static int s_open_db(struct send *s)
         return EXIT_UNAVAILABLE;
     }
     sqlite3_busy_timeout(s->db, 5000);
-    int64_t version = s_query_int(s->db, "PRAGMA user_version");
-    int64_t tables = s_query_int(s->db, "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'");
+    int64_t version = db_query_int(s->db, "PRAGMA user_version");
+    int64_t tables = db_query_int(s->db, "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'");
     if (version < 0 || tables < 0) {
         log_msg(LOG_ERROR, "--db %s: %s", path, sqlite3_errmsg(s->db));
         return EXIT_UNAVAILABLE;
@@ -223,16 +202,16 @@ static int s_open_db(struct send *s)
     }
     char version_sql[64];
     snprintf(version_sql, sizeof version_sql, "PRAGMA user_version = %d", SEND_SCHEMA_VERSION);
-    if (s_exec(s->db, "PRAGMA synchronous = FULL", why, sizeof why) != SQLITE_OK
-        || s_exec(s->db, "BEGIN IMMEDIATE", why, sizeof why) != SQLITE_OK) {
+    if (db_exec(s->db, "PRAGMA synchronous = FULL", why, sizeof why) != SQLITE_OK
+        || db_exec(s->db, "BEGIN IMMEDIATE", why, sizeof why) != SQLITE_OK) {
         log_msg(LOG_ERROR, "--db %s: %s", path, why);
         return EXIT_UNAVAILABLE;
     }
-    if (s_exec(s->db, s_schema, why, sizeof why) != SQLITE_OK
-        || s_exec(s->db, version_sql, why, sizeof why) != SQLITE_OK
-        || s_exec(s->db, "COMMIT", why, sizeof why) != SQLITE_OK) {
+    if (db_exec(s->db, s_schema, why, sizeof why) != SQLITE_OK
+        || db_exec(s->db, version_sql, why, sizeof why) != SQLITE_OK
+        || db_exec(s->db, "COMMIT", why, sizeof why) != SQLITE_OK) {
         log_msg(LOG_ERROR, "--db %s: cannot create the schema: %s", path, why);
-        s_exec(s->db, "ROLLBACK", why, sizeof why);
+        db_exec(s->db, "ROLLBACK", why, sizeof why);
         return EXIT_UNAVAILABLE;
     }
     for (int i = 0; i < Q_N; i++) {

@@ -9,6 +9,7 @@
  * acknowledged after them). The spool's own bookkeeping (sent marks, acked
  * rows deleted) commits with synchronous=NORMAL: losing it in a power cut
  * only sends a message again under its own id, which every stage ignores. */
+#include "db.h"
 #include "spool.h"
 
 #include <assert.h>
@@ -206,22 +207,11 @@ static void s_db_error(struct spool *sp, const char *what, int rc)
                 rc == SQLITE_BUSY ? "database is locked" : sqlite3_errmsg(sp->db));
 }
 
-static int s_exec(sqlite3 *db, const char *sql, char *err, size_t n)
-{
-    char *msg = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
-    if (rc != SQLITE_OK) {
-        snprintf(err, n, "%s", msg ? msg : sqlite3_errstr(rc));
-    }
-    sqlite3_free(msg);
-    return rc;
-}
-
 /* Creates the schema, refusing a database that is something else. */
 static int s_schema_make(sqlite3 *db, char *err, size_t n)
 {
     char why[300];
-    if (s_exec(db, "BEGIN IMMEDIATE", why, sizeof why) != SQLITE_OK) {
+    if (db_exec(db, "BEGIN IMMEDIATE", why, sizeof why) != SQLITE_OK) {
         snprintf(err, n, "cannot lock: %.200s", why);
         return -1;
     }
@@ -250,14 +240,14 @@ static int s_schema_make(sqlite3 *db, char *err, size_t n)
     }
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SCHEMA_VERSION);
-    if (s_exec(db, s_schema, why, sizeof why) != SQLITE_OK
-        || s_exec(db, sql, why, sizeof why) != SQLITE_OK) {
+    if (db_exec(db, s_schema, why, sizeof why) != SQLITE_OK
+        || db_exec(db, sql, why, sizeof why) != SQLITE_OK) {
         snprintf(err, n, "cannot create the schema: %.200s", why);
         goto done;
     }
     rc = 0;
 done:
-    s_exec(db, rc == 0 ? "COMMIT" : "ROLLBACK", why, sizeof why);
+    db_exec(db, rc == 0 ? "COMMIT" : "ROLLBACK", why, sizeof why);
     return rc;
 }
 
@@ -286,8 +276,8 @@ struct spool *spool_open(struct stage_ctx *ctx, const struct spool_conf *conf, c
         goto fail;
     }
     sqlite3_busy_timeout(sp->db, BUSY_MS);
-    if (s_exec(sp->db, "PRAGMA journal_mode = WAL", why, sizeof why) != SQLITE_OK
-        || s_exec(sp->db, "PRAGMA synchronous = FULL", why, sizeof why) != SQLITE_OK) {
+    if (db_exec(sp->db, "PRAGMA journal_mode = WAL", why, sizeof why) != SQLITE_OK
+        || db_exec(sp->db, "PRAGMA synchronous = FULL", why, sizeof why) != SQLITE_OK) {
         snprintf(err, n, "%.200s: %.200s", path, why);
         goto fail;
     }
@@ -316,7 +306,7 @@ struct spool *spool_open(struct stage_ctx *ctx, const struct spool_conf *conf, c
         }
     }
     /* What the last process sent may have died in its queues: due now. */
-    if (s_exec(sp->db, "UPDATE spool SET due_at = 0 WHERE due_at > 0", why, sizeof why) != SQLITE_OK) {
+    if (db_exec(sp->db, "UPDATE spool SET due_at = 0 WHERE due_at > 0", why, sizeof why) != SQLITE_OK) {
         snprintf(err, n, "%.200s: %.200s", path, why);
         goto fail;
     }
