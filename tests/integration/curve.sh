@@ -18,8 +18,11 @@ PORT=$(free_port)
 spawn "$BIN/omni-relay" --in "@tcp://127.0.0.1:$PORT" --out - --curve-key server.key --curve-peers peers \
     >"$T/served.mp" 2>"$T/server.err"
 SERVER=$SPAWNED
-sleep 0.3
-"$BIN/omni-inject" "$TRAFFIC" --out ">tcp://127.0.0.1:$PORT" --curve-key client.key \
+# Connect only once the server listens: a client reconnecting to a loopback
+# port in the ephemeral range before anyone listens can connect to itself.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+check "the server listens" wait_until 20 listening
+timeout 60 "$BIN/omni-inject" "$TRAFFIC" --out ">tcp://127.0.0.1:$PORT" --curve-key client.key \
     --curve-server server.pub 2>/dev/null
 expect "an admitted client is served" "$?" "0"
 # Refused clients never complete the handshake: their sends wait; stop them.
