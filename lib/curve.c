@@ -93,7 +93,7 @@ int curve_read_keys(const char *path, char pub[CURVE_KEY_LEN + 1], char sec[CURV
 }
 
 /* Reads the admitted clients: one public key per line, as "public KEY" or
- * the bare key; # comments. */
+ * the bare key; lines starting with # are comments. */
 static int s_read_peers(struct curve *cv, const char *path, char *err, size_t n)
 {
     FILE *f = fopen(path, "r");
@@ -110,10 +110,11 @@ static int s_read_peers(struct curve *cv, const char *path, char *err, size_t n)
     char line[256];
     int rc = 0;
     for (int lineno = 1; fgets(line, sizeof line, f) != NULL; lineno++) {
-        line[strcspn(line, "\r\n#")] = '\0';
+        /* '#' is a Z85 character: only a line that starts with it is a comment. */
+        line[strcspn(line, "\r\n")] = '\0';
         char a[128] = "", b[128] = "";
         int got = sscanf(line, "%127s %127s", a, b);
-        if (got <= 0) {
+        if (got <= 0 || a[0] == '#') {
             continue;
         }
         const char *key = (got == 2 && strcmp(a, "public") == 0) ? b : a;

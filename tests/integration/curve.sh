@@ -14,14 +14,22 @@ check "the public file holds only the public key" sh -c "grep -q '^public ' serv
 expect "omni-keygen never overwrites a key" "$?" "73"
 cp client.pub peers
 
-PORT=$(free_port)
-spawn "$BIN/omni-relay" --in "@tcp://127.0.0.1:$PORT" --out - --curve-key server.key --curve-peers peers \
-    >"$T/served.mp" 2>"$T/server.err"
-SERVER=$SPAWNED
 # Connect only once the server listens: a client reconnecting to a loopback
 # port in the ephemeral range before anyone listens can connect to itself.
+# A port found free can still be taken before the server binds it: then
+# the server exits, saying so, and it is started again on another port.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
-check "the server listens" wait_until 20 listening
+up() { listening || ! kill -0 "$SERVER" 2>/dev/null; }
+for try in 1 2 3; do
+    PORT=$(free_port)
+    spawn "$BIN/omni-relay" --in "@tcp://127.0.0.1:$PORT" --out - --curve-key server.key --curve-peers peers \
+        >"$T/served.mp" 2>"$T/server.err"
+    SERVER=$SPAWNED
+    wait_until 20 up
+    listening && break
+    echo "# try $try: the server did not start: $(head -c 300 "$T/server.err")"
+done
+check "the server listens" listening
 timeout 60 "$BIN/omni-inject" "$TRAFFIC" --out ">tcp://127.0.0.1:$PORT" --curve-key client.key \
     --curve-server server.pub 2>/dev/null
 expect "an admitted client is served" "$?" "0"
@@ -42,3 +50,8 @@ expect "--curve-peers without --curve-key is a usage error" "$?" "64"
 "$BIN/omni-relay" --in "@tcp://127.0.0.1:$(free_port)" --curve-key client.pub 2>"$T/nokey.err"
 expect "a public-only file as --curve-key is refused" "$?" "78"
 check "and the reason is given" grep -q 'no secret key' "$T/nokey.err"
+# '#' is a Z85 character: a key holding one is a key, not a comment.
+printf '# admitted clients\nabcdefghij#klmnopqrstuvwxyz0123456789ABC\npublic %s\n' \
+    "$(sed -n 's/^public //p' client.pub)" >"$T/hashpeers"
+check "a peers file with '#' inside a key, and comment lines, is accepted" \
+    "$BIN/omni-relay" --in "@tcp://127.0.0.1:$(free_port)" --curve-key server.key --curve-peers "$T/hashpeers" --check
