@@ -389,7 +389,6 @@ struct s_in {
     struct spool *spool;            /* the durable queue */
     struct ep *out;                 /* --out */
     struct ep *tap;                 /* --tap, or NULL */
-    struct buf obuf;                /* an envelope being sent, encoded */
     uint64_t sent;                  /* envelopes sent on */
     struct imap *imap;              /* the mailbox, in IMAP mode */
     char *password;                 /* from --password-file */
@@ -475,28 +474,9 @@ static bool s_cancel(void *arg)
 static int s_send(void *arg, struct env *e)
 {
     struct s_in *in = arg;
-    env_trace_add(e, stage_name(in->ctx), stage_now_ms());
-    buf_reset(&in->obuf);
-    if (env_encode(e, &in->obuf) != 0) {
-        log_limited(&in->limit, LOG_ERROR, "out of memory encoding id=%s", env_get(e, ENV_ID));
-        return -1;
-    }
-    int rc = ep_send(in->out, in->obuf.data, in->obuf.len, 0);
-    if (rc == EP_AGAIN) {
-        return 1;
-    }
-    if (rc != 0) {
-        log_limited(&in->limit, LOG_ERROR, "output %s failed: %s", ep_name(in->out), strerror(errno));
-        if (errno == EPIPE) {
-            stage_stop(in->ctx);
-        }
-        return -1;
-    }
-    if (in->tap != NULL) {
-        ep_send(in->tap, in->obuf.data, in->obuf.len, 0);
-    }
-    in->sent++;
-    return 0;
+    int rc = stage_emit_to(in->ctx, in->out, in->tap, e);
+    in->sent += rc == 0;
+    return rc;
 }
 
 /* Sends what the spool has due, and flushes stdout. Returns -1 when
@@ -1032,7 +1012,6 @@ static void s_fini(void **state)
     }
     ep_destroy(&in->out);
     ep_destroy(&in->tap);
-    buf_free(&in->obuf);
     env_destroy(&in->env);
     buf_free(&in->raw);
     if (in->password != NULL) {

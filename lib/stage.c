@@ -365,11 +365,9 @@ static int s_send_out(struct stage_ctx *ctx)
     }
 }
 
-int stage_emit(struct stage_ctx *ctx, struct env *e)
+/* Stamps e and encodes it into ctx->obuf. Returns 0 or -1 (logged). */
+static int s_stamp_encode(struct stage_ctx *ctx, struct env *e)
 {
-    if ((ctx->out == NULL && !ctx->out_none) || ctx->out_closed) {
-        return -1;
-    }
     if (env_trace_add(e, ctx->st->name, stage_now_ms()) != 0) {
         log_limited(&ctx->out_limit, LOG_ERROR, "cannot stamp trace id=%s: envelope too large",
                     env_get(e, ENV_ID) ? env_get(e, ENV_ID) : "-");
@@ -378,6 +376,40 @@ int stage_emit(struct stage_ctx *ctx, struct env *e)
     if (env_encode(e, &ctx->obuf) != 0) {
         log_limited(&ctx->out_limit, LOG_ERROR, "cannot encode envelope id=%s: out of memory",
                     env_get(e, ENV_ID) ? env_get(e, ENV_ID) : "-");
+        return -1;
+    }
+    return 0;
+}
+
+int stage_emit_to(struct stage_ctx *ctx, struct ep *out, struct ep *tap, struct env *e)
+{
+    if (s_stamp_encode(ctx, e) != 0) {
+        return -1;
+    }
+    int rc = ep_send(out, ctx->obuf.data, ctx->obuf.len, 0);
+    if (rc == EP_AGAIN) {
+        return 1;
+    }
+    if (rc != 0) {
+        log_limited(&ctx->out_limit, LOG_ERROR, "output %s failed: %s", ep_name(out), strerror(errno));
+        if (errno == EPIPE) {
+            stage_stop(ctx);
+        }
+        return -1;
+    }
+    if (tap != NULL) {
+        ep_send(tap, ctx->obuf.data, ctx->obuf.len, 0);
+    }
+    ctx->stats.out++;
+    return 0;
+}
+
+int stage_emit(struct stage_ctx *ctx, struct env *e)
+{
+    if ((ctx->out == NULL && !ctx->out_none) || ctx->out_closed) {
+        return -1;
+    }
+    if (s_stamp_encode(ctx, e) != 0) {
         ctx->stats.lost++;
         return -1;
     }

@@ -20,6 +20,8 @@
 #include "envelope.h"
 #include "opt.h"
 
+struct ep;
+
 /* Exit codes, from <sysexits.h>. */
 #define EXIT_USAGE 64       /* bad command line */
 #define EXIT_DATAERR 65     /* bad input data (--strict) */
@@ -78,6 +80,11 @@ int stage_main(const struct stage *st, int argc, char **argv);
  * next stage is full) and a copy to --tap. Returns 0, or -1 when it could
  * not be delivered (stopping past the drain time, or the output failed). */
 int stage_emit(struct stage_ctx *ctx, struct env *e);
+/* Like stage_emit, but to a source's own endpoints (out, and tap when not
+ * NULL), and never waiting: for sources that keep what cannot go now (a
+ * spool). Returns 0 sent, 1 not now (the next stage is full or away), -1
+ * failed (logged; stdout closed also stops the stage). */
+int stage_emit_to(struct stage_ctx *ctx, struct ep *out, struct ep *tap, struct env *e);
 /* Reports bad input: counts it, logs it (rate limited) and writes it to
  * --dead. label says which input ("id=01J…", "line=17"); when NULL the
  * first bytes are shown. raw is what came in (or its first bytes). */

@@ -55,7 +55,6 @@ struct tgpoll {
     struct spool *spool;        /* the durable queue */
     struct ep *out;             /* --out */
     struct ep *tap;             /* --tap, or NULL */
-    struct buf obuf;            /* an envelope being sent, encoded */
     uint64_t sent;              /* envelopes sent on */
     CURLM *multi;               /* drives the easy handle */
     CURL *easy;                 /* the one connection to the API */
@@ -374,28 +373,9 @@ done:
 static int s_send(void *arg, struct env *e)
 {
     struct tgpoll *t = arg;
-    env_trace_add(e, stage_name(t->ctx), stage_now_ms());
-    buf_reset(&t->obuf);
-    if (env_encode(e, &t->obuf) != 0) {
-        log_limited(&t->limit, LOG_ERROR, "out of memory encoding id=%s", env_get(e, ENV_ID));
-        return -1;
-    }
-    int rc = ep_send(t->out, t->obuf.data, t->obuf.len, 0);
-    if (rc == EP_AGAIN) {
-        return 1;
-    }
-    if (rc != 0) {
-        log_limited(&t->limit, LOG_ERROR, "output %s failed: %s", ep_name(t->out), strerror(errno));
-        if (errno == EPIPE) {
-            stage_stop(t->ctx);
-        }
-        return -1;
-    }
-    if (t->tap != NULL) {
-        ep_send(t->tap, t->obuf.data, t->obuf.len, 0);
-    }
-    t->sent++;
-    return 0;
+    int rc = stage_emit_to(t->ctx, t->out, t->tap, e);
+    t->sent += rc == 0;
+    return rc;
 }
 
 /* Sends what the spool has due, and flushes stdout. */
@@ -978,7 +958,6 @@ static void s_fini(void **state)
     }
     ep_destroy(&t->out);
     ep_destroy(&t->tap);
-    buf_free(&t->obuf);
     env_destroy(&t->env);
     buf_free(&t->url);
     buf_free(&t->req);

@@ -76,7 +76,6 @@ struct webhook {
     struct ep *out;                 /* --out */
     struct ep *tap;                 /* --tap, or NULL */
     struct ep *replies;             /* --replies, or NULL */
-    struct buf obuf;                /* an envelope being sent, encoded */
     struct ulid_gen ids;            /* envelope ids */
     struct webhook_batch batch;     /* the envelopes of the request at hand */
     const char *cur_path;           /* its path, for dead letters */
@@ -115,28 +114,9 @@ static bool s_enabled(const struct webhook *wh, enum route r)
 static int s_send(void *arg, struct env *e)
 {
     struct webhook *wh = arg;
-    env_trace_add(e, stage_name(wh->ctx), stage_now_ms());
-    buf_reset(&wh->obuf);
-    if (env_encode(e, &wh->obuf) != 0) {
-        log_limited(&wh->out_limit, LOG_ERROR, "out of memory encoding id=%s", env_get(e, ENV_ID));
-        return -1;
-    }
-    int rc = ep_send(wh->out, wh->obuf.data, wh->obuf.len, 0);
-    if (rc == EP_AGAIN) {
-        return 1;
-    }
-    if (rc != 0) {
-        log_limited(&wh->out_limit, LOG_ERROR, "output %s failed: %s", ep_name(wh->out), strerror(errno));
-        if (errno == EPIPE) {
-            stage_stop(wh->ctx);
-        }
-        return -1;
-    }
-    if (wh->tap != NULL) {
-        ep_send(wh->tap, wh->obuf.data, wh->obuf.len, 0);
-    }
-    wh->sent++;
-    return 0;
+    int rc = stage_emit_to(wh->ctx, wh->out, wh->tap, e);
+    wh->sent += rc == 0;
+    return rc;
 }
 
 static void s_pump(struct webhook *wh, int *sent)
@@ -824,7 +804,6 @@ static void s_fini(void **state)
     webhook_chat_destroy(&wh->chat);
     webhook_batch_free(&wh->batch);
     env_destroy(&wh->env);
-    buf_free(&wh->obuf);
     webhook_conf_secrets_free(wh->secret);
     free(wh);
     *state = NULL;
