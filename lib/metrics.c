@@ -193,9 +193,10 @@ static struct conv *s_conv(struct metrics *m, const char *id)
     return NULL;
 }
 
-/* Stamp i of trace ([stage, ms] pairs, validated when decoded): its stage
- * copied into st[stn] (if st) and its ms; returns the number of stamps. */
-static size_t s_trace(const struct env *e, size_t i, char *st, size_t stn, uint64_t *ms)
+/* One walk over trace ([stage, ms] pairs, validated when decoded): the last
+ * stamp's stage into st[stn] and ms into *last_ms, the one before it into
+ * *prev_ms. Returns the number of stamps. */
+static size_t s_trace(const struct env *e, char *st, size_t stn, uint64_t *last_ms, uint64_t *prev_ms)
 {
     size_t n;
     const void *p = env_raw(e, ENV_TRACE, &n);
@@ -212,11 +213,10 @@ static size_t s_trace(const struct env *e, size_t i, char *st, size_t stn, uint6
         if (mp_read(&r, &pair) != 0 || mp_read(&r, &name) != 0 || mp_read(&r, &t) != 0) {
             return 0;
         }
-        if (k == i) {
-            if (st != NULL) {
-                snprintf(st, stn, "%.*s", (int)name.n, name.s);
-            }
-            *ms = t.u;
+        *prev_ms = *last_ms;
+        *last_ms = t.u;
+        if (k + 1 == a.n) {
+            snprintf(st, stn, "%.*s", (int)name.n, name.s);
         }
     }
     return a.n;
@@ -229,13 +229,7 @@ static void s_envelope(struct metrics *m, struct env *e)
     s_label(dir, sizeof dir, env_get(e, ENV_DIR));
     char st[64] = "";
     uint64_t st_ms = 0, prev_ms = 0;
-    size_t nstamps = s_trace(e, 0, NULL, 0, &prev_ms);
-    if (nstamps > 0) {
-        s_trace(e, nstamps - 1, st, sizeof st, &st_ms);
-    }
-    if (nstamps > 1) {
-        s_trace(e, nstamps - 2, NULL, 0, &prev_ms);
-    }
+    size_t nstamps = s_trace(e, st, sizeof st, &st_ms, &prev_ms);
     s_label(stage, sizeof stage, st);
     m->envelopes++;
 
