@@ -5,7 +5,15 @@
  * --batch-ms has passed, s_flush() commits, publishes the ids on --acks and
  * only then emits the copies, in order. Nothing is acked or passed on
  * before its commit; a batch whose transaction was lost (an error rolled it
- * back) is stored again from the copies before it commits. */
+ * back) is stored again from the copies before it commits.
+ *
+ * With --out-acks, the hop to omni-send is durable too: each new reply
+ * (dir=out) gets a row in `owed` in the transaction that stores it; the
+ * ids omni-send publishes once its outbox has them delete those rows; a
+ * reply still owed --resend-after after it was passed on is passed on
+ * again from its stored bytes (same id: the outbox ignores a copy), and at
+ * start every owed reply is due at once. So a reply the archive has stored
+ * reaches the outbox even when either process dies with it in a queue. */
 #include "db.h"
 #include "archive.h"
 
@@ -19,6 +27,7 @@
 #include <msgpack.h>
 #include <zmq.h>
 
+#include "acks.h"
 #include "buf.h"
 #include "endpoint.h"
 #include "log.h"
@@ -27,7 +36,8 @@
 #define BUSY_MS 250             /* the service waits this long for a lock, then retries */
 #define RETAIN_CHUNK 2000       /* messages deleted per retention transaction */
 #define RETAIN_EVERY_MS 3600000 /* a finished retention pass runs again after this */
-#define ACK_LINGER_MS 1000      /* time the last acks get to leave at exit */
+#define OWED_CHUNK 256          /* owed replies passed on again per round */
+#define OWED_ACK_MSGS 1024      /* ack messages from omni-send read per round */
 
 const char archive_sql_schema[] =
     /* seq is the stable rowid the FTS index refers to (VACUUM may renumber
@@ -80,6 +90,14 @@ const char archive_sql_schema[] =
     " messages INTEGER NOT NULL,"
     " closed_at INTEGER) WITHOUT ROWID;\n"
     "CREATE INDEX IF NOT EXISTS conversations_customer ON conversations(customer);\n"
+    /* owed: replies (dir=out) passed on to omni-send and not yet in its
+     * outbox, by its acks (--out-acks); due: when to pass one on again (ms
+     * since epoch); tries: times passed on. Written only by the service. */
+    "CREATE TABLE IF NOT EXISTS owed ("
+    " id TEXT PRIMARY KEY,"
+    " due INTEGER NOT NULL,"
+    " tries INTEGER NOT NULL) WITHOUT ROWID;\n"
+    "CREATE INDEX IF NOT EXISTS owed_due ON owed(due);\n"
     "CREATE INDEX IF NOT EXISTS conversations_activity ON conversations(last_activity);\n";
 
 const char archive_sql_insert[] =
@@ -436,6 +454,8 @@ struct archive_conf {
     int64_t batch;          /* envelopes per transaction */
     int64_t batch_ms;       /* longest a batch stays open */
     const char *acks;       /* PUB endpoint for committed ids, or NULL */
+    const char *out_acks;   /* SUB of omni-send's acks, or NULL */
+    int64_t resend_after_ms; /* pass an owed reply on again after this long */
     int64_t retain_ms;      /* delete messages older than this (0: keep all) */
     const char *sync;       /* "full" or "normal" */
 };
@@ -450,6 +470,20 @@ struct archive {
     sqlite3_stmt *commit;       /* COMMIT */
     sqlite3_stmt *rollback;     /* ROLLBACK */
     struct ep *acks;            /* PUB of committed ids, or NULL */
+    struct ep *out_acks;        /* SUB of omni-send's acks, or NULL */
+    sqlite3_stmt *owe;          /* a new reply is owed */
+    sqlite3_stmt *paid;         /* omni-send has it */
+    sqlite3_stmt *due;          /* owed replies due, with their bytes */
+    sqlite3_stmt *later;        /* an owed reply passed on again: when next */
+    const char **ids;           /* the batch's ids, for its ack */
+    struct env *again;          /* an owed reply being passed on again */
+    uint64_t next_owed;         /* monotonic ms of the next look for due replies */
+    uint64_t owed_new;          /* replies made owed (committed) */
+    uint64_t owed_paid;         /* owed replies acked by omni-send */
+    uint64_t owed_again;        /* owed replies passed on again */
+    struct buf again_bytes;     /* the stored bytes of the owed replies due */
+    struct log_limit owed_limit; /* rate limit of "passing on again" */
+    int paid_rc;                /* the error that stopped s_paid, or SQLITE_OK */
     struct env **held;          /* copies of the batch's envelopes, in order */
     size_t n_held;              /* envelopes in the batch */
     uint64_t batch_start;       /* monotonic ms the batch opened */
@@ -458,6 +492,8 @@ struct archive {
     uint64_t next_retain;       /* monotonic ms of the next retention round */
     uint64_t b_stored;          /* rows inserted in the open transaction */
     uint64_t b_present;         /* ids already stored, in the open transaction */
+    uint64_t b_owed;            /* replies made owed, in the open transaction */
+    uint64_t b_paid;            /* owed replies acked, in the open transaction */
     uint64_t stored;            /* rows inserted and committed */
     uint64_t present;           /* envelopes whose id was already stored */
     uint64_t batches;           /* transactions committed */
@@ -470,6 +506,10 @@ static const struct opt s_opts[] = {
     { "batch", OPT_INT, "256", C(batch), "envelopes per transaction (group commit)" },
     { "batch-ms", OPT_MS, "20ms", C(batch_ms), "longest a batch waits for its commit" },
     { "acks", OPT_STR, NULL, C(acks), "publish the ids of each committed batch here (PUB; a bare URI binds)" },
+    { "out-acks", OPT_STR, NULL, C(out_acks), "omni-send's --acks (SUB; a bare URI connects): keep each reply "
+      "passed on until omni-send acks it, and pass it on again when it does not" },
+    { "resend-after", OPT_MS, "5s", C(resend_after_ms), "with --out-acks: pass a reply on again when "
+      "unacked this long (then twice, up to 8 times as long)" },
     { "retain", OPT_MS, NULL, C(retain_ms), "delete messages older than this, e.g. 730d (default: keep all)" },
     { "sync", OPT_STR, "full", C(sync), "full: fsync every commit (an ack survives power loss); normal: only crashes" },
     { NULL, 0, NULL, 0, NULL }
@@ -498,17 +538,20 @@ static int s_conf_check(const struct archive_conf *c)
         log_msg(LOG_ERROR, "--sync must be full or normal");
         return EXIT_USAGE;
     }
-    if (c->acks != NULL && c->acks[0] != '\0') {
-        struct ep_spec spec;
-        char err[300];
-        if (ep_parse(c->acks, EP_TAP, &spec, err, sizeof err) != 0) {
-            log_msg(LOG_ERROR, "--acks: %s", err);
-            return EXIT_USAGE;
-        }
-        if (spec.mode == EP_STDIO) {
-            log_msg(LOG_ERROR, "--acks needs an endpoint, not '-'");
-            return EXIT_USAGE;
-        }
+    char err[300];
+    if (c->acks != NULL && c->acks[0] != '\0'
+        && acks_check("acks", c->acks, EP_TAP, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return EXIT_USAGE;
+    }
+    if (c->out_acks != NULL && c->out_acks[0] != '\0'
+        && acks_check("out-acks", c->out_acks, EP_SUB, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return EXIT_USAGE;
+    }
+    if (c->resend_after_ms < 100 || c->resend_after_ms > 3600000) {
+        log_msg(LOG_ERROR, "--resend-after must be 100ms..1h");
+        return EXIT_USAGE;
     }
     return 0;
 }
@@ -520,6 +563,46 @@ static int s_check(struct stage_ctx *ctx, void *conf)
 }
 
 static void s_fini(void **state);
+
+/* --out-acks: the statements, the socket, and every owed reply due now
+ * (the last process may have died with them in its queues). */
+static int s_owed_open(struct archive *a, struct stage_ctx *ctx)
+{
+    char err[400];
+    if (sqlite3_prepare_v3(a->db, "INSERT OR IGNORE INTO owed (id, due, tries) VALUES (?1, ?2, 1)", -1,
+                           SQLITE_PREPARE_PERSISTENT, &a->owe, NULL) != SQLITE_OK
+        || sqlite3_prepare_v3(a->db, "DELETE FROM owed WHERE id = ?1", -1,
+                              SQLITE_PREPARE_PERSISTENT, &a->paid, NULL) != SQLITE_OK
+        || sqlite3_prepare_v3(a->db, "SELECT o.id, o.tries, m.env FROM owed o"
+                              " LEFT JOIN messages m ON m.id = o.id"
+                              " WHERE o.due <= ?1 ORDER BY o.due LIMIT ?2", -1,
+                              SQLITE_PREPARE_PERSISTENT, &a->due, NULL) != SQLITE_OK
+        || sqlite3_prepare_v3(a->db, "UPDATE owed SET due = ?2, tries = tries + 1 WHERE id = ?1", -1,
+                              SQLITE_PREPARE_PERSISTENT, &a->later, NULL) != SQLITE_OK) {
+        log_msg(LOG_ERROR, "--db %s: %s", a->conf->db, sqlite3_errmsg(a->db));
+        return EXIT_UNAVAILABLE;
+    }
+    if (db_exec(a->db, "UPDATE owed SET due = 0", err, sizeof err) != SQLITE_OK) {
+        log_msg(LOG_ERROR, "--db %s: %s", a->conf->db, err);
+        return EXIT_UNAVAILABLE;
+    }
+    int64_t owed = db_query_int(a->db, "SELECT count(*) FROM owed");
+    if (owed > 0) {
+        log_msg(LOG_INFO, "%lld replies not acknowledged by omni-send: passing them on again",
+                (long long)owed);
+    }
+    a->again = env_new();
+    if (a->again == NULL) {
+        log_msg(LOG_ERROR, "out of memory");
+        return EXIT_SOFTWARE;
+    }
+    a->out_acks = acks_open(ctx, "out-acks", a->conf->out_acks, EP_SUB, err, sizeof err);
+    if (a->out_acks == NULL) {
+        log_msg(LOG_ERROR, "%s", err);
+        return EXIT_UNAVAILABLE;
+    }
+    return 0;
+}
 
 static int s_init(struct stage_ctx *ctx, void *conf, void **state)
 {
@@ -553,23 +636,24 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         goto fail;
     }
     a->held = calloc((size_t)c->batch, sizeof *a->held);
-    if (a->held == NULL) {
+    a->ids = calloc((size_t)c->batch, sizeof *a->ids);
+    if (a->held == NULL || a->ids == NULL) {
         log_msg(LOG_ERROR, "out of memory");
         status = EXIT_SOFTWARE;
         goto fail;
     }
     if (c->acks != NULL && c->acks[0] != '\0') {
-        struct ep_spec spec;
-        struct ep_opts eo = { .hwm = 10000, .linger_ms = 0, .curve = stage_curve(ctx) };
-        ep_parse(c->acks, EP_TAP, &spec, err, sizeof err);
-        a->acks = ep_open(stage_zctx(ctx), &spec, EP_TAP, &eo, err, sizeof err);
+        a->acks = acks_open(ctx, "acks", c->acks, EP_TAP, err, sizeof err);
         if (a->acks == NULL) {
-            log_msg(LOG_ERROR, "--acks: %s", err);
+            log_msg(LOG_ERROR, "%s", err);
             goto fail;
         }
-        /* Acks are worth a moment at exit: the last batch's may be queued. */
-        int linger = ACK_LINGER_MS;
-        zmq_setsockopt(ep_socket(a->acks), ZMQ_LINGER, &linger, sizeof linger);
+    }
+    if (c->out_acks != NULL && c->out_acks[0] != '\0') {
+        status = s_owed_open(a, ctx);
+        if (status != 0) {
+            goto fail;
+        }
     }
     a->next_retain = stage_mono_ms();
     log_msg(LOG_DEBUG, "archive %s open: batch %lld, %lld ms, sync %s", c->db,
@@ -589,6 +673,8 @@ static void s_rollback(struct archive *a)
     }
     a->b_stored = 0;
     a->b_present = 0;
+    a->b_owed = 0;
+    a->b_paid = 0;
 }
 
 /* Stores one envelope in the open transaction. Returns SQLITE_OK or the
@@ -616,6 +702,18 @@ static int s_store(struct archive *a, const struct env *e)
         return SQLITE_OK;
     }
     a->b_stored++;
+    if (a->owe != NULL && strcmp(row.dir, "out") == 0) {
+        sqlite3_bind_text(a->owe, 1, row.id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(a->owe, 2, (int64_t)stage_now_ms() + a->conf->resend_after_ms);
+        rc = sqlite3_step(a->owe);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        sqlite3_reset(a->owe);
+        sqlite3_clear_bindings(a->owe);
+        if (rc != SQLITE_OK) {
+            return rc;
+        }
+        a->b_owed += (uint64_t)sqlite3_changes(a->db);
+    }
     if (row.conversation == NULL) {
         return SQLITE_OK;
     }
@@ -643,6 +741,8 @@ static int s_begin(struct archive *a)
     }
     a->b_stored = 0;
     a->b_present = 0;
+    a->b_owed = 0;
+    a->b_paid = 0;
     for (size_t i = 0; i < a->n_held; i++) {
         rc = s_store(a, a->held[i]);
         if (rc != SQLITE_OK) {
@@ -660,28 +760,77 @@ static void s_db_error(struct archive *a, const char *what, int rc)
                 rc == SQLITE_BUSY ? "database is locked" : sqlite3_errmsg(a->db), (int)a->n_held);
 }
 
-/* Publishes the ids of the held batch as one msgpack array. */
+/* Publishes the ids of the held batch as one ack message. */
 static void s_ack(struct archive *a)
 {
     if (a->acks == NULL) {
         return;
     }
-    buf_reset(&a->ack);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &a->ack, mp_buf_write);
-    int rc = msgpack_pack_array(&pk, a->n_held);
-    for (size_t i = 0; i < a->n_held && rc == 0; i++) {
-        const char *id = env_get(a->held[i], ENV_ID);
-        size_t n = strlen(id);
-        rc |= msgpack_pack_str_with_body(&pk, id, n);
+    for (size_t i = 0; i < a->n_held; i++) {
+        a->ids[i] = env_get(a->held[i], ENV_ID);
     }
-    if (rc != 0) {
+    if (acks_pack(&a->ack, a->ids, a->n_held) != 0) {
         log_limited(&a->db_limit, LOG_ERROR, "out of memory building acks for %zu ids", a->n_held);
         return;
     }
     if (ep_send(a->acks, a->ack.data, a->ack.len, 0) != 0) {
         log_limited(&a->db_limit, LOG_ERROR, "--acks %s: %s", ep_name(a->acks), strerror(errno));
     }
+}
+
+/* acks_read's callback: omni-send has the reply id; its row goes, in the
+ * open transaction. */
+static int s_paid(void *arg, const char *id, size_t n)
+{
+    struct archive *a = arg;
+    sqlite3_bind_text(a->paid, 1, id, (int)n, SQLITE_STATIC);
+    int rc = sqlite3_step(a->paid);
+    sqlite3_reset(a->paid);
+    sqlite3_clear_bindings(a->paid);
+    if (rc != SQLITE_DONE) {
+        a->paid_rc = rc;
+        return 1;
+    }
+    a->b_paid += (uint64_t)sqlite3_changes(a->db);
+    return 0;
+}
+
+/* Reads what omni-send acked, without waiting, into the open transaction.
+ * Returns SQLITE_OK or the error (the caller rolls back: the ids are lost,
+ * their replies are passed on again and acked again). */
+static int s_read_out_acks(struct archive *a)
+{
+    if (a->out_acks == NULL) {
+        return SQLITE_OK;
+    }
+    a->paid_rc = SQLITE_OK;
+    for (int i = 0; i < OWED_ACK_MSGS && a->paid_rc == SQLITE_OK; i++) {
+        const void *p;
+        size_t n;
+        enum ep_status st = ep_recv(a->out_acks, &p, &n);
+        if (st == EP_AGAIN) {
+            break;
+        }
+        if (st == EP_ERROR) {
+            log_limited(&a->db_limit, LOG_ERROR, "--out-acks %s: %s", a->conf->out_acks, strerror(errno));
+            break;
+        }
+        const char *why;
+        if (st == EP_MSG && acks_read(p, n, s_paid, a, &why) == ACKS_BAD) {
+            log_limited(&a->db_limit, LOG_WARN, "--out-acks %s: %s", a->conf->out_acks, why);
+        }
+    }
+    return a->paid_rc;
+}
+
+/* Whether something waits on --out-acks. */
+static bool s_out_acks_waiting(struct archive *a)
+{
+    int events = 0;
+    size_t len = sizeof events;
+    return a->out_acks != NULL
+        && zmq_getsockopt(ep_socket(a->out_acks), ZMQ_EVENTS, &events, &len) == 0
+        && (events & ZMQ_POLLIN) != 0;
 }
 
 /* Commits the batch, acks it, then passes the envelopes on. Returns 0, or
@@ -694,6 +843,12 @@ static int s_flush(struct archive *a, struct stage_ctx *ctx)
     int rc = s_begin(a);
     if (rc != SQLITE_OK) {
         s_db_error(a, "cannot store the batch", rc);
+        return -1;
+    }
+    rc = s_read_out_acks(a);
+    if (rc != SQLITE_OK) {
+        s_db_error(a, "cannot note omni-send's acks", rc);
+        s_rollback(a);
         return -1;
     }
     rc = sqlite3_step(a->commit);
@@ -710,8 +865,12 @@ static int s_flush(struct archive *a, struct stage_ctx *ctx)
     a->batches++;
     a->stored += a->b_stored;
     a->present += a->b_present;
+    a->owed_new += a->b_owed;
+    a->owed_paid += a->b_paid;
     a->b_stored = 0;
     a->b_present = 0;
+    a->b_owed = 0;
+    a->b_paid = 0;
     s_ack(a);
     for (size_t i = 0; i < a->n_held; i++) {
         if (ctx != NULL) {
@@ -721,6 +880,122 @@ static int s_flush(struct archive *a, struct stage_ctx *ctx)
     }
     a->n_held = 0;
     return 0;
+}
+
+/* Collects, in the open transaction, the owed replies that are due: their
+ * stored bytes go to a->again_bytes ([u32 length][bytes]...), their next
+ * due time is set further off; an owed row whose message is gone (forget,
+ * --retain) is dropped. Returns SQLITE_OK or the error; *n the replies. */
+static int s_owed_due(struct archive *a, size_t *n)
+{
+    int64_t now = (int64_t)stage_now_ms();
+    buf_reset(&a->again_bytes);
+    *n = 0;
+    /* The ids first: the rows change after the walk. */
+    size_t ids = 0;
+    struct buf idb = { 0 };
+    sqlite3_bind_int64(a->due, 1, now);
+    sqlite3_bind_int(a->due, 2, OWED_CHUNK);
+    int rc;
+    while ((rc = sqlite3_step(a->due)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(a->due, 0);
+        int64_t tries = sqlite3_column_int64(a->due, 1);
+        const void *env = sqlite3_column_blob(a->due, 2);
+        uint32_t len = (uint32_t)sqlite3_column_bytes(a->due, 2);
+        if (env != NULL) {
+            if (buf_append(&a->again_bytes, &len, sizeof len) != 0 || buf_append(&a->again_bytes, env, len) != 0) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+        }
+        int64_t wait = a->conf->resend_after_ms << (tries < 3 ? tries : 3);
+        int64_t due = env != NULL ? now + wait : -1;      /* -1: drop the row */
+        if (buf_append(&idb, &due, sizeof due) != 0 || buf_append(&idb, id, strlen(id) + 1) != 0) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        ids++;
+    }
+    sqlite3_reset(a->due);
+    if (rc != SQLITE_DONE) {
+        buf_free(&idb);
+        return rc;
+    }
+    rc = SQLITE_OK;
+    for (size_t i = 0, at = 0; i < ids && rc == SQLITE_OK; i++) {
+        int64_t due;
+        memcpy(&due, idb.data + at, sizeof due);
+        const char *id = (const char *)idb.data + at + sizeof due;
+        at += sizeof due + strlen(id) + 1;
+        if (due < 0) {
+            rc = s_paid(a, id, strlen(id)) == 0 ? SQLITE_OK : a->paid_rc;
+            log_msg(LOG_INFO, "id=%s was owed to omni-send but is no longer archived: dropped", id);
+            continue;
+        }
+        sqlite3_bind_text(a->later, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(a->later, 2, due);
+        rc = sqlite3_step(a->later);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        sqlite3_reset(a->later);
+        sqlite3_clear_bindings(a->later);
+        (*n)++;
+    }
+    buf_free(&idb);
+    return rc;
+}
+
+/* One round of --out-acks between batches: notes what omni-send acked and
+ * passes on again, after the commit, the owed replies that are due. */
+static void s_owed_round(struct archive *a, struct stage_ctx *ctx)
+{
+    uint64_t mono = stage_mono_ms();
+    bool look = mono >= a->next_owed;
+    if (a->out_acks == NULL || a->n_held > 0 || (!look && !s_out_acks_waiting(a))) {
+        return;
+    }
+    size_t n = 0;
+    int rc = s_begin(a);
+    if (rc == SQLITE_OK) {
+        rc = s_read_out_acks(a);
+    }
+    if (rc == SQLITE_OK && look) {
+        int64_t every = a->conf->resend_after_ms / 2;
+        a->next_owed = mono + (uint64_t)(every < 1000 ? every : 1000);
+        rc = s_owed_due(a, &n);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(a->commit);
+        sqlite3_reset(a->commit);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    if (rc != SQLITE_OK) {
+        s_db_error(a, "cannot note omni-send's acks", rc);
+        s_rollback(a);
+        a->next_owed = mono + 250;
+        return;
+    }
+    a->owed_paid += a->b_paid;
+    a->b_paid = 0;
+    if (n == 0) {
+        return;
+    }
+    log_limited(&a->owed_limit, LOG_INFO, "passing on again %zu replies omni-send has not acknowledged", n);
+    for (size_t at = 0; at < a->again_bytes.len;) {
+        uint32_t len;
+        memcpy(&len, a->again_bytes.data + at, sizeof len);
+        struct env_err err;
+        if (env_decode(a->again, a->again_bytes.data + at + sizeof len, len, &err) != 0) {
+            log_limited(&a->db_limit, LOG_ERROR, "an owed reply does not decode: %s: %s", err.field, err.reason);
+        } else if (stage_emit(ctx, a->again) == 0) {
+            a->owed_again++;
+        }
+        env_clear(a->again);
+        at += sizeof len + len;
+    }
+    if (n >= OWED_CHUNK) {
+        a->next_owed = mono;        /* more are due: again soon, input first */
+        stage_wake_in(ctx, 10);
+    }
 }
 
 static enum verdict s_handle(void *state, struct stage_ctx *ctx, struct env *e)
@@ -805,6 +1080,9 @@ static void s_tick(void *state, struct stage_ctx *ctx)
             stage_wake_in(ctx, a->conf->batch_ms - (int64_t)age);
         }
     }
+    if (!stage_stopping(ctx)) {
+        s_owed_round(a, ctx);
+    }
     s_retain(a, ctx);
 }
 
@@ -827,7 +1105,20 @@ static void s_fini(void **state)
     log_msg(LOG_DEBUG, "stored %llu, already present %llu, in %llu batches",
             (unsigned long long)a->stored, (unsigned long long)a->present,
             (unsigned long long)a->batches);
+    if (a->out_acks != NULL) {
+        log_msg(LOG_DEBUG, "replies owed to omni-send %llu, acked %llu, passed on again %llu",
+                (unsigned long long)a->owed_new, (unsigned long long)a->owed_paid,
+                (unsigned long long)a->owed_again);
+    }
     ep_destroy(&a->acks);
+    ep_destroy(&a->out_acks);
+    sqlite3_finalize(a->owe);
+    sqlite3_finalize(a->paid);
+    sqlite3_finalize(a->due);
+    sqlite3_finalize(a->later);
+    env_destroy(&a->again);
+    buf_free(&a->again_bytes);
+    free(a->ids);
     sqlite3_finalize(a->ins);
     sqlite3_finalize(a->conv);
     sqlite3_finalize(a->begin);
@@ -849,7 +1140,8 @@ static void s_fini(void **state)
 const struct stage archive_stage = {
     .name = "archive",
     .summary = "Stores every envelope in sqlite (messages, full-text index, conversations), "
-               "acks each committed batch on --acks and passes the envelopes on.\n"
+               "acks each committed batch on --acks and passes the envelopes on; with --out-acks, "
+               "passes replies on again until omni-send acks them.\n"
                "Also: omni-archive history|search|export|forget|retain|acks ... (--help on each)",
     .options = s_opts,
     .conf_size = sizeof(struct archive_conf),

@@ -22,10 +22,10 @@
 
 #include <zmq.h>
 
+#include "acks.h"
 #include "buf.h"
 #include "endpoint.h"
 #include "log.h"
-#include "mp.h"
 #include "utf8.h"
 
 #define EXIT_NOINPUT 66         /* the database file is not there */
@@ -724,25 +724,12 @@ done:
 
 /* --- acks ------------------------------------------------------------- */
 
-/* Prints the ids of one ack message; returns how many, or -1 when it is not
- * an array of strings. */
-static int64_t s_print_acks(const void *p, size_t n)
+/* acks_read's callback: prints one id. */
+static int s_print_ack(void *arg, const char *id, size_t n)
 {
-    struct mp_reader r;
-    struct mp_val v;
-    mp_reader_init(&r, p, n);
-    if (mp_read(&r, &v) != 0 || v.type != MP_ARRAY) {
-        return -1;
-    }
-    uint32_t count = v.n;
-    for (uint32_t i = 0; i < count; i++) {
-        if (mp_read(&r, &v) != 0 || v.type != MP_STR) {
-            return -1;
-        }
-        printf("%.*s\n", (int)v.n, v.s);
-    }
-    fflush(stdout);
-    return count;
+    (void)arg;
+    printf("%.*s\n", (int)n, id);
+    return 0;
 }
 
 static int s_acks(int argc, char **argv)
@@ -790,9 +777,11 @@ static int s_acks(int argc, char **argv)
         size_t n;
         enum ep_status got;
         while ((got = ep_recv(ep, &p, &n)) == EP_MSG) {
-            int64_t k = s_print_acks(p, n);
+            const char *why;
+            int64_t k = acks_read(p, n, s_print_ack, NULL, &why);
+            fflush(stdout);
             if (k < 0) {
-                log_msg(LOG_WARN, "acks: a message that is not an array of ids (%zu bytes)", n);
+                log_msg(LOG_WARN, "acks: %s (%zu bytes)", why, n);
                 continue;
             }
             seen += k;

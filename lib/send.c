@@ -22,6 +22,7 @@
 
 #include <sqlite3.h>
 
+#include "acks.h"
 #include "endpoint.h"
 #include "log.h"
 #include "ulid.h"
@@ -133,6 +134,8 @@ struct send {
     struct send_http *http;         /* Telegram, Graph, Twilio */
     struct send_mail *mail;         /* SMTP, or NULL when --smtp-url is not set */
     struct ep *webchat;             /* PUSH to the gateway, or NULL */
+    struct ep *acks;                /* PUB of stored ids (--acks), or NULL */
+    struct buf ack;                 /* an ack message being built */
     struct env *reply;              /* the reply being delivered, decoded from its row */
     struct env *receipt;            /* the receipt being built */
     struct buf enc;                 /* an envelope encoded for its row */
@@ -741,11 +744,35 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
             goto fail;
         }
     }
+    if (s_set(c->acks)) {
+        s->acks = acks_open(ctx, "acks", c->acks, EP_TAP, err, sizeof err);
+        if (s->acks == NULL) {
+            log_msg(LOG_ERROR, "%s", err);
+            status = EXIT_UNAVAILABLE;
+            goto fail;
+        }
+    }
     log_msg(LOG_DEBUG, "outbox %s open", c->db);
     return 0;
 fail:
     s_fini(state);
     return status;
+}
+
+/* Tells --acks that id is in the outbox (committed): whoever passed it on
+ * need not pass it on again. A lost ack costs only a replay. */
+static void s_ack(struct send *s, const char *id)
+{
+    if (s->acks == NULL) {
+        return;
+    }
+    if (acks_pack(&s->ack, &id, 1) != 0) {
+        log_limited(&s->limit, LOG_ERROR, "out of memory building the ack of id=%s", id);
+        return;
+    }
+    if (ep_send(s->acks, s->ack.data, s->ack.len, 0) != 0) {
+        log_limited(&s->limit, LOG_ERROR, "--acks %s: %s", ep_name(s->acks), strerror(errno));
+    }
 }
 
 static enum verdict s_handle(void *state, struct stage_ctx *ctx, struct env *e)
@@ -773,6 +800,7 @@ static enum verdict s_handle(void *state, struct stage_ctx *ctx, struct env *e)
                     rc == SQLITE_BUSY ? "database is locked" : sqlite3_errmsg(s->db));
         return STAGE_RETRY;
     }
+    s_ack(s, id);
     if (sqlite3_changes(s->db) == 0) {
         /* A replay: delivered (or being delivered) once already. Its
          * receipt is owed again, in case the first one was lost. */
@@ -822,6 +850,8 @@ static void s_fini(void **state)
     send_http_destroy(&s->http);
     send_mail_destroy(&s->mail);
     ep_destroy(&s->webchat);
+    ep_destroy(&s->acks);
+    buf_free(&s->ack);
     env_destroy(&s->reply);
     env_destroy(&s->receipt);
     buf_free(&s->enc);

@@ -61,6 +61,7 @@ struct send_conf {
     const char *smtp_password_file; /* file holding it */
     bool smtp_starttls;             /* require STARTTLS on smtp:// */
     const char *webchat;            /* PUSH endpoint of the gateway's --replies */
+    const char *acks;               /* PUB of the ids stored in the outbox, or NULL */
     int64_t timeout_ms;             /* one API call, connect included */
     int64_t retry_min_ms;           /* first backoff */
     int64_t retry_max_ms;           /* longest backoff */

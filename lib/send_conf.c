@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "acks.h"
 #include "endpoint.h"
 #include "log.h"
 
@@ -45,6 +46,8 @@ const struct opt send_options[] = {
     { "retry-min", OPT_MS, "2s", C(retry_min_ms), "first backoff after a temporary failure" },
     { "retry-max", OPT_MS, "10m", C(retry_max_ms), "longest backoff" },
     { "give-up", OPT_MS, "24h", C(give_up_ms), "a reply not delivered after this goes to the dead table" },
+    { "acks", OPT_STR, NULL, C(acks), "publish the id of each reply stored in the outbox here, for "
+      "omni-archive's --out-acks (PUB; a bare URI binds)" },
     { "batch", OPT_INT, "64", C(batch), "replies delivered per tick before input is read again" },
     { NULL, 0, NULL, 0, NULL }
 };
@@ -230,6 +233,13 @@ int send_conf_check(const struct send_conf *c)
         char err[300];
         if (ep_parse(c->webchat, EP_OUT, &spec, err, sizeof err) != 0 || spec.mode == EP_STDIO) {
             log_msg(LOG_ERROR, "--webchat: %s", spec.mode == EP_STDIO ? "needs an endpoint, not '-'" : err);
+            return EXIT_USAGE;
+        }
+    }
+    if (s_set(c->acks)) {
+        char err[300];
+        if (acks_check("acks", c->acks, EP_TAP, err, sizeof err) != 0) {
+            log_msg(LOG_ERROR, "%s", err);
             return EXIT_USAGE;
         }
     }

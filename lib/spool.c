@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 #include <zmq.h>
 
+#include "acks.h"
 #include "buf.h"
 #include "endpoint.h"
 #include "log.h"
@@ -313,20 +314,8 @@ struct spool *spool_open(struct stage_ctx *ctx, const struct spool_conf *conf, c
     sp->backlog = s_int(sp, Q_COUNT, 0);
     s_refresh_next(sp);
     if (conf->acks != NULL && conf->acks[0] != '\0') {
-        struct ep_spec spec;
-        if (ep_parse(conf->acks, EP_SUB, &spec, why, sizeof why) != 0) {
-            snprintf(err, n, "--acks: %.200s", why);
-            goto fail;
-        }
-        if (spec.mode == EP_STDIO) {
-            snprintf(err, n, "--acks needs an endpoint, not '-'");
-            goto fail;
-        }
-        assert(ctx != NULL);
-        struct ep_opts eo = { .hwm = 100000, .linger_ms = 0, .curve = stage_curve(ctx) };
-        sp->acks = ep_open(stage_zctx(ctx), &spec, EP_SUB, &eo, why, sizeof why);
+        sp->acks = acks_open(ctx, "acks", conf->acks, EP_SUB, err, n);
         if (sp->acks == NULL) {
-            snprintf(err, n, "--acks: %.200s", why);
             goto fail;
         }
     }
@@ -582,37 +571,18 @@ int spool_ack(struct spool *sp, const char *const *ids, size_t n)
     return 0;
 }
 
-/* The ids in one ack message (a msgpack array of strings). Returns
- * SQLITE_OK (bad messages are logged and skipped) or a database error. */
-static int s_ack_msg(struct spool *sp, const void *p, size_t n, int64_t *deleted)
+/* acks_read's callback: the ack of one id, in the open transaction. */
+struct s_ack_walk {
+    struct spool *sp;           /* the spool */
+    int64_t deleted;            /* rows deleted */
+    int rc;                     /* SQLITE_OK, or the error that stopped the walk */
+};
+
+static int s_ack_id(void *arg, const char *id, size_t n)
 {
-    struct mp_reader r;
-    struct mp_val v;
-    mp_reader_init(&r, p, n);
-    if (mp_read(&r, &v) != 0 || v.type != MP_ARRAY) {
-        log_limited(&sp->limit, LOG_WARN, "--acks %s: a message that is not an array of ids",
-                    sp->conf.acks);
-        return SQLITE_OK;
-    }
-    for (uint32_t i = 0; i < v.n; i++) {
-        struct mp_val s;
-        if (mp_read(&r, &s) != 0) {
-            log_limited(&sp->limit, LOG_WARN, "--acks %s: a truncated ack message", sp->conf.acks);
-            return SQLITE_OK;
-        }
-        if (s.type != MP_STR) {
-            if (s.type == MP_ARRAY || s.type == MP_MAP) {
-                log_limited(&sp->limit, LOG_WARN, "--acks %s: an ack that is not an id", sp->conf.acks);
-                return SQLITE_OK;
-            }
-            continue;
-        }
-        int rc = s_ack_one(sp, s.s, s.n, deleted);
-        if (rc != SQLITE_OK) {
-            return rc;
-        }
-    }
-    return SQLITE_OK;
+    struct s_ack_walk *w = arg;
+    w->rc = s_ack_one(w->sp, id, n, &w->deleted);
+    return w->rc != SQLITE_OK;
 }
 
 /* Reads what has arrived on --acks, without waiting. */
@@ -643,7 +613,13 @@ static int s_read_acks(struct spool *sp)
             open = rc == SQLITE_OK;
         }
         if (rc == SQLITE_OK) {
-            rc = s_ack_msg(sp, p, n, &deleted);
+            struct s_ack_walk w = { sp, 0, SQLITE_OK };
+            const char *why;
+            if (acks_read(p, n, s_ack_id, &w, &why) == ACKS_BAD) {
+                log_limited(&sp->limit, LOG_WARN, "--acks %s: %s", sp->conf.acks, why);
+            }
+            deleted += w.deleted;
+            rc = w.rc;
         }
     }
     if (open) {

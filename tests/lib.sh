@@ -2,6 +2,7 @@
 # every test gets a fresh directory $T for ipc sockets and databases, and
 # every process started with `spawn` is killed when the test ends.
 # Results are TAP lines ("ok - name" / "not ok - name") counted by tests/run.
+# KEEP=1 leaves $T in place (its path is printed) to look at the logs.
 set -u
 : "${BIN:?BIN must name the directory of the omni-* binaries}"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,7 +19,11 @@ cleanup() {
         kill -KILL "$p" 2>/dev/null
         wait "$p" 2>/dev/null
     done
-    rm -rf "$T"
+    if [ -n "${KEEP:-}" ]; then
+        echo "# kept $T"
+    else
+        rm -rf "$T"
+    fi
 }
 trap cleanup EXIT
 
