@@ -148,7 +148,7 @@ drained() {
     [ "$(archived)" == "$TOTAL" ] && spooled_is "$T/wh.db" 0 && spooled_is "$T/tg.db" 0 \
         && spooled_is "$T/mail.db" 0 && ! kill -0 "$PROVIDER" 2>/dev/null
 }
-wait_until 90 drained
+wait_until 90 drained || kill -TERM "$PROVIDER" 2>/dev/null
 wait "$PROVIDER"
 expect "the provider's every webhook was answered 200 in the end" "$?" "0"
 expect "the spools are empty (webhook, telegram, mail)" \
