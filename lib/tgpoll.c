@@ -621,10 +621,13 @@ static int s_get_me(struct tgpoll *t, struct stage_ctx *ctx)
 }
 
 /* Spools the updates of one answer with the offset after them, in one
- * transaction. Returns 0, or -1 (rolled back: they come again). */
+ * transaction. Once the spool is full the rest are left with Telegram: the
+ * offset stops below the first of them. Returns 0, or -1 (rolled back:
+ * they come again). */
 static int s_spool_updates(struct tgpoll *t, struct stage_ctx *ctx, const cJSON *result)
 {
     int64_t last = -1;
+    int64_t held = -1;      /* the lowest update_id left with Telegram, or -1 */
     int64_t put = 0, dup = 0, skip = 0;
     const cJSON *u;
     cJSON_ArrayForEach(u, result) {
@@ -635,6 +638,10 @@ static int s_spool_updates(struct tgpoll *t, struct stage_ctx *ctx, const cJSON 
         }
         if (id < t->offset) {
             continue;   /* confirmed already: Telegram should not send it */
+        }
+        if (held >= 0 || spool_full(t->spool)) {
+            held = held < 0 || id < held ? id : held;
+            continue;
         }
         char err[300];
         int rc = tgpoll_update_to_env(u, t->to, t->env, err, sizeof err);
@@ -662,7 +669,13 @@ static int s_spool_updates(struct tgpoll *t, struct stage_ctx *ctx, const cJSON 
             last = id;
         }
     }
-    if (last < 0) {
+    if (held >= 0 && held <= last) {
+        last = held - 1;    /* updates out of order: the offset may not pass one held */
+    }
+    if (last < 0 || last + 1 <= t->offset) {
+        if (spool_commit(t->spool) != 0) {
+            return -1;
+        }
         return 0;
     }
     char off[32];
@@ -689,10 +702,17 @@ static int s_spool_updates(struct tgpoll *t, struct stage_ctx *ctx, const cJSON 
  * (-1 when stopping). */
 static int s_poll(struct tgpoll *t, struct stage_ctx *ctx)
 {
+    /* No more than the spool has room for: what does not fit stays with
+     * Telegram, unconfirmed, and the spool stays within --spool-max. */
+    int64_t limit = t->conf->limit;
+    int64_t room = t->conf->spool.max - spool_backlog(t->spool);
+    if (t->conf->spool.max > 0 && room < limit) {
+        limit = room > 1 ? room : 1;
+    }
     buf_reset(&t->req);
     int rc = buf_printf(&t->req, "{\"timeout\":%lld,\"limit\":%lld,"
                         "\"allowed_updates\":[\"message\",\"edited_message\",\"business_message\"]",
-                        (long long)(t->conf->poll_timeout_ms / 1000), (long long)t->conf->limit);
+                        (long long)(t->conf->poll_timeout_ms / 1000), (long long)limit);
     if (t->offset > 0) {
         rc |= buf_printf(&t->req, ",\"offset\":%lld", (long long)t->offset);
     }

@@ -207,10 +207,11 @@ wait "$CPID"
 expect "the restarted ingestor exits 0 on SIGTERM" "$?" "0"
 
 # 8. A full spool holds the offset: with --spool-max 3 and no archive
-#    acking, three updates are stored and the rest stay with Telegram;
-#    when the archive comes and acks, polling resumes.
+#    acking, three updates are stored and the rest stay with Telegram
+#    (getUpdates asks for no more than the spool has room for, whatever
+#    --limit says); when the archive comes and acks, polling resumes.
 fake d
-spawn "$TG" --api "$API" --token-file "$T/token" --spool "$T/d.db" --poll-timeout 1s --limit 3 \
+spawn "$TG" --api "$API" --token-file "$T/token" --spool "$T/d.db" --poll-timeout 1s --limit 100 \
     --spool-max 3 --out ">ipc://$T/d.in" --acks "ipc://$T/d.acks" --resend-after 1s 2>"$T/d.err"
 DPID=$SPAWNED
 texts 1 8 | push
