@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "endpoint.h"
 #include "envelope.h"
 #include "json.h"
 #include "kb.h"
@@ -40,6 +41,7 @@ struct bot_conf {
     int64_t llm_timeout_ms;     /* whole request */
     int64_t llm_articles;       /* top articles given as context */
     bool llm_unsure;            /* also ask the model when the KB is not sure */
+    const char *handoffs;       /* PUSH a copy of each handoff event here, or NULL */
 };
 
 #define C(f) offsetof(struct bot_conf, f)
@@ -61,9 +63,14 @@ static const struct opt s_opts[] = {
     { "llm-articles", OPT_INT, "3", C(llm_articles), "top articles given to --llm as context" },
     { "llm-unsure", OPT_BOOL, "no", C(llm_unsure),
       "also ask --llm when the KB alone would hand off (it may answer or say HANDOFF)" },
+    { "handoffs", OPT_STR, NULL, C(handoffs),
+      "also send each handoff event here (PUSH; a bare URI connects): omni-route's --in, so that "
+      "it queues the conversation and assigns an agent" },
     { NULL, 0, NULL, 0, NULL }
 };
 #undef C
+
+#define HANDOFFS_WAIT_MS 1000   /* a copy to --handoffs waits this long for room */
 
 /* The thresholds of the decision. */
 struct bot_params {
@@ -97,6 +104,9 @@ struct bot {
     struct llm *llm;            /* client, or NULL */
     struct env *reply;          /* reply being built */
     struct env *event;          /* handoff event being built */
+    struct ep *handoffs;        /* --handoffs, or NULL */
+    struct buf enc;             /* a handoff event encoded for --handoffs */
+    uint64_t handoffs_lost;     /* copies --handoffs could not take */
     struct buf text;            /* the question's searchable text */
     struct buf answer;          /* the article's answer */
     struct buf title;           /* an article's title */
@@ -478,6 +488,14 @@ static int s_conf_parse(const struct bot_conf *c, struct bot_params *p, struct b
         || s_parse_number("min-margin", c->min_margin, &p->min_margin) != 0) {
         return EXIT_CONFIG;
     }
+    if (c->handoffs != NULL && c->handoffs[0] != '\0') {
+        struct ep_spec spec;
+        char err[300];
+        if (ep_parse(c->handoffs, EP_OUT, &spec, err, sizeof err) != 0 || spec.mode == EP_STDIO) {
+            log_msg(LOG_ERROR, "--handoffs: %s", spec.mode == EP_STDIO ? "needs an endpoint, not '-'" : err);
+            return EXIT_USAGE;
+        }
+    }
     if (s_hours_parse(c->hours, h, why, sizeof why) != 0) {
         log_msg(LOG_ERROR, "--hours: %s", why);
         return EXIT_CONFIG;
@@ -526,9 +544,12 @@ static void s_fini(void **state)
     if (b == NULL) {
         return;
     }
-    log_msg(LOG_INFO, "answered=%llu handed_off=%llu llm_used=%llu llm_failed=%llu",
+    log_msg(LOG_INFO, "answered=%llu handed_off=%llu llm_used=%llu llm_failed=%llu handoffs_lost=%llu",
             (unsigned long long)b->answered, (unsigned long long)b->handed_off,
-            (unsigned long long)b->llm_used, (unsigned long long)b->llm_failed);
+            (unsigned long long)b->llm_used, (unsigned long long)b->llm_failed,
+            (unsigned long long)b->handoffs_lost);
+    ep_destroy(&b->handoffs);
+    buf_free(&b->enc);
     kb_destroy(&b->kb);
     llm_destroy(&b->llm);
     env_destroy(&b->reply);
@@ -546,7 +567,6 @@ static void s_fini(void **state)
 
 static int s_init(struct stage_ctx *ctx, void *conf, void **state)
 {
-    (void)ctx;
     struct bot *b = calloc(1, sizeof *b);
     if (b == NULL) {
         return EXIT_SOFTWARE;
@@ -594,6 +614,17 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
     if (b->reply == NULL || b->event == NULL) {
         rc = EXIT_SOFTWARE;
         goto fail;
+    }
+    if (b->conf->handoffs != NULL && b->conf->handoffs[0] != '\0') {
+        struct ep_spec spec;
+        struct ep_opts eo = { .hwm = 10000, .linger_ms = 2000, .curve = stage_curve(ctx) };
+        ep_parse(b->conf->handoffs, EP_OUT, &spec, err, sizeof err);
+        b->handoffs = ep_open(stage_zctx(ctx), &spec, EP_OUT, &eo, err, sizeof err);
+        if (b->handoffs == NULL) {
+            log_msg(LOG_ERROR, "--handoffs: %s", err);
+            rc = EXIT_UNAVAILABLE;
+            goto fail;
+        }
     }
     log_msg(LOG_INFO, "knowledge base %s: %d articles; answering at score >= %g, margin >= %g%s%s",
             b->conf->kb, kb_count(b->kb), b->params.min_score, b->params.min_margin,
@@ -781,6 +812,26 @@ static int s_llm_answer(struct bot *b, const struct env *q, const char *question
     return 0;
 }
 
+/* Sends a copy of the handoff event (stamped by stage_emit) to
+ * --handoffs. Routing it is the router's business: when the router is
+ * away or full for HANDOFFS_WAIT_MS the copy is counted and logged, and
+ * the event itself still reaches the archive. */
+static void s_copy_handoff(struct bot *b)
+{
+    if (b->handoffs == NULL) {
+        return;
+    }
+    buf_reset(&b->enc);
+    int rc = env_encode(b->event, &b->enc) == 0 ? ep_send(b->handoffs, b->enc.data, b->enc.len, HANDOFFS_WAIT_MS)
+                                                : EP_ERROR;
+    if (rc != 0) {
+        b->handoffs_lost++;
+        log_limited(&b->err_limit, LOG_WARN, "handoff id=%s not sent to --handoffs %s: %s",
+                    env_get(b->event, ENV_ID), ep_name(b->handoffs),
+                    rc == EP_AGAIN ? "the router is away or full" : strerror(errno));
+    }
+}
+
 static enum verdict s_handle(void *state, struct stage_ctx *ctx, struct env *e)
 {
     struct bot *b = state;
@@ -908,6 +959,7 @@ static enum verdict s_handle(void *state, struct stage_ctx *ctx, struct env *e)
         stage_emit(ctx, b->reply);
     }
     stage_emit(ctx, b->event);
+    s_copy_handoff(b);
     stage_emit(ctx, e);
     return STAGE_HELD;
 }

@@ -3,6 +3,7 @@
 # whose id is derived from the question's (and a replay gets the same id),
 # a request for a person and a gibberish question hand off with an event,
 # off-hours replies say when people are back, other routes pass untouched,
+# --handoffs sends handoffs back to omni-route, which assigns an agent,
 # the stage runs on ipc sockets, --llm uses a fake OpenAI-compatible server
 # on loopback and falls back without losing a message when it fails, is
 # slow or is away, and `omni-bot eval` meets the goal on
@@ -175,6 +176,28 @@ expect "every envelope of the sample traffic passes through the service" \
 expect "each inbound message got a reply or a handoff event" \
     "$(jq -r 'select(.meta.event == "handoff" or (.dir == "out" and .bot != null)) | .reply_to' "$T/svc.out" | sort -u | wc -l)" \
     "$IN"
+
+# 6b. --handoffs: a copy of each handoff goes back to omni-route's input,
+#     which queues the conversation and gives it an agent (an assign event
+#     on the main line, through the bot to what follows it).
+printf 'agent plantao queues geral capacity 5\n' >"$T/agents.conf"     # no hours: always there
+spawn "$BIN/omni-route" --rules "$ROOT/examples/rules.conf" --agents "$T/agents.conf" \
+    --in "@ipc://$T/route.in" --out ">ipc://$T/hb.in" 2>"$T/route.err"
+spawn "$B" --kb "$KB" --in "@ipc://$T/hb.in" --out ">ipc://$T/hb.out" --handoffs ">ipc://$T/route.in" \
+    2>"$T/hb.err"
+spawn "$BIN/omni-tap" --in "@ipc://$T/hb.out" --idle-exit 2s >"$T/hb.jsonl" 2>/dev/null
+HB_TAP=$SPAWNED
+wait_until 10 test -S "$T/route.in" -a -S "$T/hb.in"
+msg 31 "xyzzy plugh frobnicate quux" "$(date +%s%3N)" null | jq -c '.conversation = "cnv_hb"' \
+    | "$BIN/omni-inject" --out ">ipc://$T/route.in" 2>/dev/null
+wait "$HB_TAP"
+expect "the router sent the question to the bot, which handed it off" \
+    "$(jq -r 'select(.dir == "in") | .bot.handoff' "$T/hb.jsonl")" "low-confidence"
+expect "the handoff came back to the router, which gave the conversation an agent" \
+    "$(jq -r 'select(.meta.event == "assign") | [.conversation, .meta.queue, .meta.agent] | @tsv' "$T/hb.jsonl")" \
+    "$(printf 'cnv_hb\tgeral\tplantao')"
+"$B" --kb "$KB" --handoffs - --check >/dev/null 2>"$T/hb-bad.err"
+expect "--handoffs - is refused (64)" "$?" "64"
 
 # 7. --llm: a fake OpenAI-compatible server on loopback.
 FAKE=$T/fake_llm

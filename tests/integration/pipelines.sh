@@ -13,6 +13,8 @@ bot() { sed -n 's/^bot: \([0-9]*\) answered, \([0-9]*\) handed off; \([0-9]*\) .
 read -r answered handed queued <<<"$(bot)"
 check "local: the bot answered some and handed some off ($(bot))" \
     test "${answered:-0}" -ge 50 -a "${handed:-0}" -ge 10 -a "${queued:-0}" -ge 10
+check "local: handoffs go back to omni-route, which assigns agents" \
+    grep -qE '^assigned to agents later \(assign events\): [a-z]+ [1-9]' "$T/local.out"
 check "local: the answers are printed with their articles" grep -qE '^ +A: .*\[[a-z-]+\]$' "$T/local.out"
 check "local: the handoffs are printed with their queues" grep -qE '^[a-z]+ +queue (geral|trocas|financeiro|vip) ' "$T/local.out"
 out=$(sqlite3 "$T/local/archive.db" "select count(*) from messages where dir = 'out'")
