@@ -50,7 +50,8 @@
  *       ack_p50_ms= ack_p99_ms= archive_p50_ms= archive_p99_ms=
  *       reply_p50_ms= reply_p99_ms= reply_max_ms= drained=0|1 drain_secs=
  * done_rate counts a message done when it is archived and, if answered,
- * its reply delivered. Last, "e2e driver cpu_secs=S": this process's CPU
+ * its reply delivered. Before it, "e2e where mode= offered=: STAGE P50/P99,
+ * ..." says where the questions' time went, from their traces (s_where). Last, "e2e driver cpu_secs=S": this process's CPU
  * time (load, provider and tap together). Exit status 0 when every level ran and got messages
  * through; 1 otherwise; 64 usage, 69 setup. Loopback only. */
 #include <errno.h>
@@ -72,6 +73,7 @@
 
 #include "buf.h"
 #include "envelope.h"
+#include "mp.h"
 #include "sig.h"
 #include "ulid.h"
 
@@ -84,6 +86,8 @@
 #define START_DELAY_US 20000    /* the first slot, after the level is set up */
 #define CUSTOMER_SPREAD 2000    /* one customer's messages fall within this many */
 #define MAX_MESSAGES 500000     /* messages of one level (customers per level < 10^6) */
+#define MAX_TRACE 8             /* trace stamps kept per question */
+#define MAX_STAGE_NAMES 16      /* distinct stage names in traces */
 
 /* Options. */
 struct opts {
@@ -116,6 +120,9 @@ struct msg {
     long status;                /* HTTP status, 0 for no answer */
     bool answered;              /* the bot made a reply to it */
     char qid[ULID_LEN + 1];     /* its envelope id, from the tap */
+    int64_t trace_ms[MAX_TRACE];    /* its trace's stamps (CLOCK_REALTIME ms), from the tap */
+    uint8_t trace_name[MAX_TRACE];  /* the stage of each stamp, an index into e2e.names */
+    uint8_t ntrace;             /* stamps kept */
     char *body;                 /* the webhook's body */
     size_t body_len;            /* bytes of body */
     char sig[96];               /* "X-Hub-Signature-256: sha256=..." */
@@ -157,6 +164,9 @@ struct e2e {
     char **questions;           /* question texts */
     size_t nquestions;          /* entries of questions */
     char run[9];                /* this run's tag in wamids */
+    char names[MAX_STAGE_NAMES][32];    /* stage names seen in traces (under lock) */
+    int nnames;                 /* entries used in names */
+    int64_t real_off_us;        /* CLOCK_REALTIME - CLOCK_MONOTONIC, µs */
 };
 
 static const char *const s_names[] = {
@@ -354,6 +364,55 @@ static long s_wamid_index(const struct e2e *x, const char *src)
     return end != src + x->prefix_len && *end == '\0' && k >= 0 && k < x->nmsgs ? k : -1;
 }
 
+/* The index of a stage name in x->names, added when new; -1 when full.
+ * Called under x->lock. */
+static int s_name_index(struct e2e *x, const char *s, size_t n)
+{
+    for (int i = 0; i < x->nnames; i++) {
+        if (strlen(x->names[i]) == n && memcmp(x->names[i], s, n) == 0) {
+            return i;
+        }
+    }
+    if (x->nnames == MAX_STAGE_NAMES || n >= sizeof x->names[0]) {
+        return -1;
+    }
+    memcpy(x->names[x->nnames], s, n);
+    x->names[x->nnames][n] = '\0';
+    return x->nnames++;
+}
+
+/* Keeps the [stage, ms] stamps of e's trace in m. Called under x->lock. */
+static void s_keep_trace(struct e2e *x, struct msg *m, const struct env *e)
+{
+    size_t n = 0;
+    const void *p = env_raw(e, ENV_TRACE, &n);
+    struct mp_reader r;
+    struct mp_val v, name, ms;
+    m->ntrace = 0;
+    if (p == NULL) {
+        return;
+    }
+    mp_reader_init(&r, p, n);
+    if (mp_read(&r, &v) != 0 || v.type != MP_ARRAY) {
+        return;
+    }
+    for (uint32_t i = 0; i < v.n && m->ntrace < MAX_TRACE; i++) {
+        struct mp_val pair;
+        if (mp_read(&r, &pair) != 0 || pair.type != MP_ARRAY || pair.n != 2 || mp_read(&r, &name) != 0
+            || name.type != MP_STR || mp_read(&r, &ms) != 0 || ms.type != MP_UINT) {
+            m->ntrace = 0;
+            return;
+        }
+        int k = s_name_index(x, name.s, name.n);
+        if (k < 0) {
+            m->ntrace = 0;
+            return;
+        }
+        m->trace_name[m->ntrace] = (uint8_t)k;
+        m->trace_ms[m->ntrace++] = (int64_t)ms.u;
+    }
+}
+
 static void s_tap_one(struct e2e *x, struct env *e, int64_t now)
 {
     const char *dir = env_get(e, ENV_DIR);
@@ -367,6 +426,7 @@ static void s_tap_one(struct e2e *x, struct env *e, int64_t now)
         if (k >= 0 && x->msgs[k].arch_us == 0) {
             x->msgs[k].arch_us = now;
             memcpy(x->msgs[k].qid, id, ULID_LEN + 1);
+            s_keep_trace(x, &x->msgs[k], e);
             atomic_fetch_add(&x->tap_questions, 1);
         }
         pthread_mutex_unlock(&x->lock);
@@ -755,6 +815,69 @@ static bool s_drain(struct e2e *x, long accepted, double limit, double *secs)
     return ok;
 }
 
+/* Appends " NAME P50/P99," for v[0..n) (µs) to b. */
+static void s_where_one(struct buf *b, const char *name, int64_t *v, size_t n)
+{
+    double p50 = s_quantile_ms(v, n, 0.5), p99 = s_quantile_ms(v, n, 0.99);
+    buf_printf(b, " %s %.*f/%.*f,", name, p50 < 10 ? 1 : 0, p50, p99 < 10 ? 1 : 0, p99);
+}
+
+/* Prints where the time of the level's questions went, from their traces
+ * (each stage stamps [stage, ms] as it sends on, CLOCK_REALTIME ms): the
+ * time up to each stamp from the one before (the first from the slot),
+ * from the last stamp to the tap, and from the tap to the provider for
+ * answered ones (omni-send). Only questions whose stages are those of the
+ * first one count. Called under x->lock. */
+static void s_where(struct e2e *x, const char *mode, double rate, long n)
+{
+    const struct msg *ref = NULL;
+    for (long k = 0; k < n && ref == NULL; k++) {
+        if (x->msgs[k].arch_us != 0 && x->msgs[k].ntrace > 0) {
+            ref = &x->msgs[k];
+        }
+    }
+    if (ref == NULL) {
+        return;
+    }
+    int hops = ref->ntrace + 2;
+    int64_t *v = calloc((size_t)hops * (size_t)n, sizeof *v);
+    size_t *cnt = calloc((size_t)hops, sizeof *cnt);
+    struct buf b = { 0 };
+    if (v == NULL || cnt == NULL) {
+        goto done;
+    }
+    for (long k = 0; k < n; k++) {
+        const struct msg *m = &x->msgs[k];
+        if (m->arch_us == 0 || m->ntrace != ref->ntrace
+            || memcmp(m->trace_name, ref->trace_name, ref->ntrace) != 0) {
+            continue;
+        }
+        int64_t prev = m->slot_us + x->real_off_us;
+        for (int i = 0; i < m->ntrace; i++) {
+            int64_t t = m->trace_ms[i] * 1000;
+            v[(size_t)i * (size_t)n + cnt[i]++] = t - prev;
+            prev = t;
+        }
+        v[(size_t)m->ntrace * (size_t)n + cnt[m->ntrace]++] = m->arch_us + x->real_off_us - prev;
+        if (m->reply_us != 0) {
+            v[(size_t)(m->ntrace + 1) * (size_t)n + cnt[m->ntrace + 1]++] = m->reply_us - m->arch_us;
+        }
+    }
+    buf_printf(&b, "e2e where mode=%s offered=%.0f:", mode, rate);
+    for (int i = 0; i < hops; i++) {
+        const char *name = i < ref->ntrace ? x->names[ref->trace_name[i]] : i == ref->ntrace ? "tap" : "send";
+        s_where_one(&b, name, v + (size_t)i * (size_t)n, cnt[i]);
+    }
+    if (b.data != NULL) {
+        b.data[b.len - 1] = '\0';  /* the last comma */
+        printf("%s (p50/p99 ms)\n", b.data);
+    }
+done:
+    buf_free(&b);
+    free(cnt);
+    free(v);
+}
+
 /* Joins the records of the level and prints its line. Returns 0 when
  * messages got through. */
 static int s_report(struct e2e *x, const char *mode, double rate, double secs, long sent, bool drained,
@@ -821,6 +944,7 @@ static int s_report(struct e2e *x, const char *mode, double rate, double secs, l
             done++;
         }
     }
+    s_where(x, mode, rate, n);
     pthread_mutex_unlock(&x->lock);
     double reply_max = delivered > 0 ? s_quantile_ms(rep, (size_t)delivered, 1.0) : -1;
     printf("e2e mode=%s offered=%.0f secs=%.1f sent=%ld accepted=%ld refused=%ld archived=%ld answered=%ld "
@@ -981,6 +1105,11 @@ int main(int argc, char **argv)
     x.o = &o;
     pthread_mutex_init(&x.lock, NULL);
     pthread_mutex_init(&x.plock, NULL);
+    struct timespec mono, real;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    clock_gettime(CLOCK_REALTIME, &real);
+    x.real_off_us = ((int64_t)real.tv_sec - (int64_t)mono.tv_sec) * 1000000
+                    + (real.tv_nsec - mono.tv_nsec) / 1000;
     uint64_t r = o.seed ^ (uint64_t)s_now_us();
     snprintf(x.run, sizeof x.run, "%08X", (unsigned int)(s_rand(&r) & 0xffffffffu));
     if (s_load_questions(&x, o.questions) != 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
