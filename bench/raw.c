@@ -2,9 +2,11 @@
  * sockets are set up as lib/endpoint.c sets them (HWM, immediate on connect,
  * linger on output), and nothing looks inside a message:
  *
- *   raw push ENDPOINT N SIZE [noend]   connect PUSH; send N copies of one real
+ *   raw push ENDPOINT N SIZE [noend] [rate=R]
+ *                                      connect PUSH; send N copies of one real
  *                                      envelope of about SIZE bytes as fast as
- *                                      possible, then an empty end frame
+ *                                      possible (with rate=R: R a second, on a
+ *                                      fixed schedule), then an empty end frame
  *                                      (not with noend: the runner would
  *                                      reject it as a malformed envelope)
  *   raw relay IN OUT                   bind PULL on IN, connect PUSH to OUT;
@@ -16,9 +18,13 @@
  *
  * Each envelope's text begins with "seq=NNNNNNNNNN", its number from 0; the
  * sink checks that every number arrives once and in order (one PUSH -> PULL
- * line keeps order), so a chain that loses or reorders is caught.
+ * line keeps order), so a chain that loses or reorders is caught. With
+ * rate=R the number is followed by "t=" and the time (CLOCK_MONOTONIC, ns)
+ * the envelope was due to be sent, and the sink measures each one's latency
+ * from then to its arrival (the clock is the machine's, not the process's).
  * Endpoints are plain URIs (ipc://path, tcp://host:port). The sink prints one
- * line "msgs=N secs=S rate=R" on stdout; the rest goes to stderr. */
+ * line "msgs=N secs=S rate=R" on stdout, followed by " p50_us=P p99_us=Q"
+ * when the envelopes carried times; the rest goes to stderr. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -49,6 +55,9 @@ static const char s_sample[] =
 #define SEQ_TAG "seq="          /* starts the text, before the number */
 #define SEQ_DIGITS 10           /* digits of the number */
 #define SEQ_LEN (sizeof SEQ_TAG - 1 + SEQ_DIGITS)
+#define STAMP_TAG "t="          /* follows the number when the push is paced */
+#define STAMP_DIGITS 20         /* digits of the time, ns */
+#define STAMP_LEN (sizeof STAMP_TAG - 1 + STAMP_DIGITS)
 
 static const char s_filler[] =
     "Oi, boa noite! Fiz o pedido 48213 dia 9 e ate agora nada. Cade meu pedido? ";
@@ -60,9 +69,17 @@ static double s_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* CLOCK_MONOTONIC in ns. */
+static long long s_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 static int s_usage(void)
 {
-    fprintf(stderr, "usage: raw push ENDPOINT N SIZE [noend]\n"
+    fprintf(stderr, "usage: raw push ENDPOINT N SIZE [noend] [rate=R]\n"
                     "       raw relay IN OUT\n"
                     "       raw sink ENDPOINT N\n");
     return 64;
@@ -114,9 +131,10 @@ static long long s_count(const char *s)
 }
 
 /* Encodes the sample envelope with its text filled so that the whole is
- * about size bytes, and sets *seq to the offset of the number's digits.
+ * about size bytes, and sets *seq to the offset of the number's digits
+ * (followed by STAMP_TAG and room for the time when stamped).
  * Returns 0, or -1 with a message. */
-static int s_envelope(size_t size, struct buf *out, size_t *seq)
+static int s_envelope(size_t size, bool stamped, struct buf *out, size_t *seq)
 {
     int rc = -1;
     struct env_err err;
@@ -132,7 +150,8 @@ static int s_envelope(size_t size, struct buf *out, size_t *seq)
         fprintf(stderr, "raw: sample envelope: %s\n", env_err_str(&err, why, sizeof why));
         goto done;
     }
-    size_t cap = size > SEQ_LEN ? size : SEQ_LEN;
+    size_t head = SEQ_LEN + (stamped ? STAMP_LEN : 0);
+    size_t cap = size > head ? size : head;
     text = malloc(cap + 1);
     if (text == NULL) {
         fprintf(stderr, "raw: out of memory\n");
@@ -140,11 +159,15 @@ static int s_envelope(size_t size, struct buf *out, size_t *seq)
     }
     memcpy(text, SEQ_TAG, sizeof SEQ_TAG - 1);
     memset(text + sizeof SEQ_TAG - 1, '0', SEQ_DIGITS);
-    for (size_t i = SEQ_LEN; i < cap; i++) {
-        text[i] = s_filler[(i - SEQ_LEN) % (sizeof s_filler - 1)];
+    if (stamped) {
+        memcpy(text + SEQ_LEN, STAMP_TAG, sizeof STAMP_TAG - 1);
+        memset(text + SEQ_LEN + sizeof STAMP_TAG - 1, '0', STAMP_DIGITS);
+    }
+    for (size_t i = head; i < cap; i++) {
+        text[i] = s_filler[(i - head) % (sizeof s_filler - 1)];
     }
     /* The text's msgpack header grows with its length: a few rounds settle. */
-    size_t len = SEQ_LEN;
+    size_t len = head;
     for (int round = 0; round < 8; round++) {
         if (env_setn(e, ENV_TEXT, text, len, &err) != 0) {
             fprintf(stderr, "raw: text: %s\n", env_err_str(&err, why, sizeof why));
@@ -159,8 +182,8 @@ static int s_envelope(size_t size, struct buf *out, size_t *seq)
             break;
         }
         long long want = (long long)len + (long long)size - (long long)out->len;
-        if (want < (long long)SEQ_LEN) {
-            want = (long long)SEQ_LEN;
+        if (want < (long long)head) {
+            want = (long long)head;
         }
         if ((size_t)want > cap) {
             want = (long long)cap;
@@ -188,37 +211,57 @@ done:
     return rc;
 }
 
-/* Writes v as SEQ_DIGITS decimal digits at p. */
-static void s_put_seq(char *p, unsigned long long v)
+/* Writes v as width decimal digits at p. */
+static void s_put_digits(char *p, unsigned long long v, int width)
 {
-    for (int i = SEQ_DIGITS - 1; i >= 0; i--) {
+    for (int i = width - 1; i >= 0; i--) {
         p[i] = (char)('0' + v % 10);
         v /= 10;
     }
 }
 
-/* The number after SEQ_TAG in a message, or -1 when there is none. */
-static long long s_get_seq(const char *p, size_t n)
+/* The width decimal digits at p[0..n) as a number, or -1 when they are not. */
+static long long s_get_digits(const char *p, size_t n, int width)
 {
-    const char *tag = memmem(p, n, SEQ_TAG, sizeof SEQ_TAG - 1);
-    if (tag == NULL || (size_t)(tag - p) + SEQ_LEN > n) {
+    if (n < (size_t)width) {
         return -1;
     }
     long long v = 0;
-    for (const char *d = tag + sizeof SEQ_TAG - 1; d < tag + SEQ_LEN; d++) {
-        if (*d < '0' || *d > '9') {
+    for (int i = 0; i < width; i++) {
+        if (p[i] < '0' || p[i] > '9') {
             return -1;
         }
-        v = v * 10 + (*d - '0');
+        v = v * 10 + (p[i] - '0');
     }
     return v;
 }
 
-static int s_push(void *zctx, const char *uri, long long n, size_t size, int end)
+/* The number after SEQ_TAG in a message, or -1 when there is none; *stamp
+ * is the time after it, or -1 when there is none. */
+static long long s_get_seq(const char *p, size_t n, long long *stamp)
+{
+    *stamp = -1;
+    const char *tag = memmem(p, n, SEQ_TAG, sizeof SEQ_TAG - 1);
+    if (tag == NULL) {
+        return -1;
+    }
+    size_t at = (size_t)(tag - p) + sizeof SEQ_TAG - 1;
+    long long v = s_get_digits(p + at, n - at, SEQ_DIGITS);
+    at += SEQ_DIGITS;
+    if (v >= 0 && n - at >= STAMP_LEN && memcmp(p + at, STAMP_TAG, sizeof STAMP_TAG - 1) == 0) {
+        at += sizeof STAMP_TAG - 1;
+        *stamp = s_get_digits(p + at, n - at, STAMP_DIGITS);
+    }
+    return v;
+}
+
+/* Sends n envelopes, as fast as possible when rate is 0 and otherwise on a
+ * fixed schedule of rate a second, each stamped with the time it was due. */
+static int s_push(void *zctx, const char *uri, long long n, size_t size, int end, double rate)
 {
     struct buf env = { 0 };
     size_t seq = 0;
-    if (s_envelope(size, &env, &seq) != 0) {
+    if (s_envelope(size, rate > 0, &env, &seq) != 0) {
         return 70;
     }
     void *s = s_socket(zctx, ZMQ_PUSH, uri);
@@ -226,10 +269,24 @@ static int s_push(void *zctx, const char *uri, long long n, size_t size, int end
         buf_free(&env);
         return 69;
     }
+    if (rate > 0) {
+        /* Time for the chain to connect, so the first latencies are not of that. */
+        struct timespec settle = { 0, 200 * 1000000L };
+        nanosleep(&settle, NULL);
+    }
     int status = 0;
     double t0 = s_now();
+    long long start_ns = s_now_ns();
     for (long long i = 0; i < n; i++) {
-        s_put_seq(env.data + seq, (unsigned long long)i);
+        s_put_digits(env.data + seq, (unsigned long long)i, SEQ_DIGITS);
+        if (rate > 0) {
+            long long due = start_ns + (long long)((double)i * 1e9 / rate);
+            struct timespec ts = { (time_t)(due / 1000000000LL), (long)(due % 1000000000LL) };
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+            }
+            s_put_digits(env.data + seq + SEQ_DIGITS + sizeof STAMP_TAG - 1, (unsigned long long)due,
+                         STAMP_DIGITS);
+        }
         if (zmq_send(s, env.data, env.len, 0) < 0) {
             if (zmq_errno() == EINTR) {
                 i--;
@@ -298,6 +355,22 @@ static int s_relay(void *zctx, const char *in_uri, const char *out_uri)
     return status;
 }
 
+static int s_cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+/* The q-quantile (nearest rank) of v[0..n), sorted; 0 when n is 0. */
+static long long s_quantile(const long long *v, long long n, double q)
+{
+    if (n == 0) {
+        return 0;
+    }
+    long long r = (long long)(q * (double)n + 0.999999);
+    return v[(r < 1 ? 1 : r > n ? n : r) - 1];
+}
+
 static int s_sink(void *zctx, const char *uri, long long n)
 {
     void *s = s_socket(zctx, ZMQ_PULL, uri);
@@ -308,6 +381,8 @@ static int s_sink(void *zctx, const char *uri, long long n)
     long long got = 0;
     long long disorder = 0;     /* messages whose number was not the next one */
     long long want = 0;         /* the next number expected */
+    long long *lat = NULL;      /* latencies (ns) of stamped messages */
+    long long nlat = 0;         /* entries used in lat */
     double first = 0, last = 0;
     int status = 0;
     zmq_msg_t m;
@@ -327,13 +402,15 @@ static int s_sink(void *zctx, const char *uri, long long n)
             status = 1;
             break;
         }
+        long long arrived = s_now_ns();
         last = s_now();
         if (got == 0) {
             first = last;
             s_setint(s, ZMQ_RCVTIMEO, IDLE_WAIT_MS);
         }
         got++;
-        long long seq = s_get_seq(zmq_msg_data(&m), zmq_msg_size(&m));
+        long long stamp;
+        long long seq = s_get_seq(zmq_msg_data(&m), zmq_msg_size(&m), &stamp);
         if (seq != want) {
             if (disorder++ == 0) {
                 fprintf(stderr, "raw sink: message #%lld has number %lld, not %lld (lost or reordered)\n",
@@ -341,6 +418,14 @@ static int s_sink(void *zctx, const char *uri, long long n)
             }
         }
         want = seq + 1;
+        if (stamp >= 0) {
+            if (lat == NULL && (lat = malloc((size_t)n * sizeof *lat)) == NULL) {
+                fprintf(stderr, "raw sink: out of memory\n");
+                status = 70;
+                break;
+            }
+            lat[nlat++] = arrived - stamp;
+        }
     }
     if (status == 0) {
         /* Take the end frame if one follows, so the last relay can finish. */
@@ -365,8 +450,30 @@ static int s_sink(void *zctx, const char *uri, long long n)
                 want - 1, want, n - 1);
     }
     double dt = last - first;
-    printf("msgs=%lld secs=%.3f rate=%.0f\n", got, dt, got > 1 && dt > 0 ? (double)(got - 1) / dt : 0.0);
+    printf("msgs=%lld secs=%.3f rate=%.0f", got, dt, got > 1 && dt > 0 ? (double)(got - 1) / dt : 0.0);
+    if (nlat > 0) {
+        qsort(lat, (size_t)nlat, sizeof *lat, s_cmp_ll);
+        printf(" p50_us=%.1f p99_us=%.1f max_us=%.1f", (double)s_quantile(lat, nlat, 0.5) / 1e3,
+               (double)s_quantile(lat, nlat, 0.99) / 1e3, (double)lat[nlat - 1] / 1e3);
+    }
+    printf("\n");
+    free(lat);
     return status;
+}
+
+/* The R of "rate=R" (a positive number), or -1 when s is not that. */
+static double s_rate(const char *s)
+{
+    if (strncmp(s, "rate=", 5) != 0) {
+        return -1;
+    }
+    char *end = NULL;
+    errno = 0;
+    double r = strtod(s + 5, &end);
+    if (errno != 0 || end == s + 5 || *end != '\0' || !(r > 0)) {
+        return -1;
+    }
+    return r;
 }
 
 int main(int argc, char **argv)
@@ -375,7 +482,7 @@ int main(int argc, char **argv)
         return s_usage();
     }
     const char *mode = argv[1];
-    bool push = strcmp(mode, "push") == 0 && (argc == 5 || argc == 6);
+    bool push = strcmp(mode, "push") == 0 && argc >= 5 && argc <= 7;
     bool relay = strcmp(mode, "relay") == 0 && argc == 4;
     bool sink = strcmp(mode, "sink") == 0 && argc == 4;
     if (!push && !relay && !sink) {
@@ -383,8 +490,18 @@ int main(int argc, char **argv)
     }
     long long n = relay ? 0 : s_count(argv[3]);
     long long size = push ? s_count(argv[4]) : 0;
-    bool end = !(push && argc == 6 && strcmp(argv[5], "noend") == 0);
-    if (n < 0 || size < 0 || size > (long long)ENV_MAX_TEXT || (push && argc == 6 && end)) {
+    bool end = true;
+    double rate = 0;
+    for (int i = 5; push && i < argc; i++) {
+        if (strcmp(argv[i], "noend") == 0 && end) {
+            end = false;
+        } else if (rate == 0 && (rate = s_rate(argv[i])) > 0) {
+            continue;
+        } else {
+            return s_usage();
+        }
+    }
+    if (n < 0 || size < 0 || size > (long long)ENV_MAX_TEXT) {
         return s_usage();
     }
     void *zctx = zmq_ctx_new();
@@ -392,7 +509,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "raw: zmq_ctx_new: %s\n", zmq_strerror(zmq_errno()));
         return 70;
     }
-    int status = push    ? s_push(zctx, argv[2], n, (size_t)size, end)
+    int status = push    ? s_push(zctx, argv[2], n, (size_t)size, end, rate)
                  : relay ? s_relay(zctx, argv[2], argv[3])
                          : s_sink(zctx, argv[2], n);
     zmq_ctx_term(zctx);
