@@ -564,19 +564,24 @@ static int s_open_state(struct route *r)
         log_msg(LOG_ERROR, "out of memory");
         return EXIT_SOFTWARE;
     }
-    size_t convs, requeued;
-    rc = routestate_load(r->store, r->agents, &convs, &requeued);
+    struct routestate_loaded got;
+    rc = routestate_load(r->store, r->agents, &got);
     if (rc != ROUTESTATE_OK) {
         log_msg(LOG_ERROR, "--state %s: cannot read the stored conversations%s", conf->state,
                 rc == ROUTESTATE_BAD ? ": the file is damaged" : "");
         return rc == ROUTESTATE_BAD ? EXIT_CONFIG : EXIT_UNAVAILABLE;
     }
-    log_msg(LOG_INFO, "--state %s: %zu conversations (%zu waiting), %lld decisions", conf->state, convs,
+    log_msg(LOG_INFO, "--state %s: %zu conversations (%zu waiting), %lld decisions", conf->state, got.convs,
             agents_waiting(r->agents), (long long)routestate_count(r->store, true));
-    if (requeued > 0) {
-        log_msg(LOG_INFO, "%zu conversations wait again: their agent is no longer in %s", requeued,
+    if (got.requeued > 0) {
+        log_msg(LOG_INFO, "%zu conversations wait again: their agent is no longer in %s", got.requeued,
                 conf->agents ? conf->agents : "the agents file");
     }
+    /* The stream's clock goes on from its latest message, not from the
+     * wall clock: a replay of old traffic must not find every conversation
+     * idle past --idle at the first tick. The next envelope moves it. */
+    r->clock_ts = got.latest_ms;
+    r->clock_mono = stage_mono_ms();
     r->dirty = true;            /* the first tick gives waiting conversations to free agents */
     return 0;
 }

@@ -213,7 +213,11 @@ int routestate_open(const char *path, int64_t busy_ms, struct routestate **out, 
     char mode[16] = "";
     rc = sqlite3_exec(s->db, "PRAGMA journal_mode=WAL", s_journal_cb, mode, NULL);
     if (rc != SQLITE_OK || strcmp(mode, "wal") != 0) {
-        snprintf(err, n, "%s: cannot use WAL: %s", path, rc != SQLITE_OK ? sqlite3_errmsg(s->db) : mode);
+        if (rc != SQLITE_OK) {
+            snprintf(err, n, "%s: %s", path, sqlite3_errmsg(s->db));
+        } else {
+            snprintf(err, n, "%s: cannot use WAL (journal mode %s)", path, mode);
+        }
         status = rc != SQLITE_OK ? s_open_status(rc) : ROUTESTATE_ERROR;
         goto fail;
     }
@@ -312,10 +316,9 @@ static int s_load_turns(struct routestate *s, struct agents *a)
     return rc == SQLITE_DONE ? ROUTESTATE_OK : s_err(s, rc, Q_TURNS_ALL);
 }
 
-int routestate_load(struct routestate *s, struct agents *a, size_t *convs, size_t *requeued)
+int routestate_load(struct routestate *s, struct agents *a, struct routestate_loaded *got)
 {
-    *convs = 0;
-    *requeued = 0;
+    memset(got, 0, sizeof *got);
     int status = s_load_agents(s, a);
     if (status != ROUTESTATE_OK) {
         return status;
@@ -347,7 +350,10 @@ int routestate_load(struct routestate *s, struct agents *a, size_t *convs, size_
             log_msg(LOG_ERROR, "%s: out of memory restoring conversation %s", s->path, sv.key);
             return ROUTESTATE_ERROR;
         }
-        (*convs)++;
+        got->convs++;
+        if (sv.last_ms > got->latest_ms) {
+            got->latest_ms = sv.last_ms;
+        }
     }
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -358,7 +364,7 @@ int routestate_load(struct routestate *s, struct agents *a, size_t *convs, size_
         log_msg(LOG_ERROR, "%s: out of memory putting conversations back in line", s->path);
         return ROUTESTATE_ERROR;
     }
-    *requeued = (size_t)n;
+    got->requeued = (size_t)n;
     return s_load_turns(s, a);
 }
 

@@ -40,12 +40,18 @@ struct routestate;
 int routestate_open(const char *path, int64_t busy_ms, struct routestate **out, char *err, size_t n);
 void routestate_close(struct routestate **s);
 
+/* What routestate_load found. */
+struct routestate_loaded {
+    size_t convs;           /* conversations put back */
+    size_t requeued;        /* of those, waiting again: their agent left the agents file */
+    uint64_t latest_ms;     /* the latest message's ts among them (the stream's clock), or 0 */
+};
+
 /* Puts the stored state into a, which has its agents file already:
  * presence, then conversations in the order they joined their queues
- * (agents_restore), then the queues' turns. *convs says how many
- * conversations came back, *requeued how many of them wait again because
- * their agent left the file. Returns ROUTESTATE_OK or an error. */
-int routestate_load(struct routestate *s, struct agents *a, size_t *convs, size_t *requeued);
+ * (agents_restore), then the queues' turns. Returns ROUTESTATE_OK or an
+ * error. */
+int routestate_load(struct routestate *s, struct agents *a, struct routestate_loaded *got);
 
 bool routestate_in_transaction(const struct routestate *s);
 int routestate_begin(struct routestate *s);
