@@ -158,7 +158,7 @@ static void test_old_decisions_are_pruned_in_chunks(void **unused)
 {
     (void)unused;
     struct routestate *s = s_open("prune.db");
-    char id[8];
+    char id[16];
     assert_int_equal(routestate_begin(s), ROUTESTATE_OK);
     for (int i = 0; i < 5; i++) {
         snprintf(id, sizeof id, "01P%d", i);
