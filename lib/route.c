@@ -571,8 +571,8 @@ static int s_open_state(struct route *r)
                 rc == ROUTESTATE_BAD ? ": the file is damaged" : "");
         return rc == ROUTESTATE_BAD ? EXIT_CONFIG : EXIT_UNAVAILABLE;
     }
-    log_msg(LOG_INFO, "--state %s: %zu conversations (%zu waiting), %lld decisions", conf->state, got.convs,
-            agents_waiting(r->agents), (long long)routestate_count(r->store, true));
+    log_msg(LOG_INFO, "--state %s: %zu conversations (%zu waiting)", conf->state, got.convs,
+            agents_waiting(r->agents));
     if (got.requeued > 0) {
         log_msg(LOG_INFO, "%zu conversations wait again: their agent is no longer in %s", got.requeued,
                 conf->agents ? conf->agents : "the agents file");

@@ -80,7 +80,7 @@ int routestate_drop(struct routestate *s, const char *key);
 /* Writes every agent's presence and every queue's turn. */
 int routestate_save_agents(struct routestate *s, const struct agents *a);
 
-/* Rows now, for logs and tests: decisions and conversations. */
+/* Rows now, for tests: decisions or conversations (a scan: not for big files). */
 int64_t routestate_count(struct routestate *s, bool decisions);
 
 #endif
