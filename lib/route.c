@@ -284,7 +284,8 @@ static int s_route_in(struct route *r, struct env *e)
     if (state == RULES_QUEUED || state == RULES_ASSIGNED) {
         /* Sticky: only keep rules may change priority and reason. */
         const struct rules_rule *ru = rules_match(r->rules, &in, true, r->why);
-        if (ru != NULL && agents_update(r->agents, c, ru->has_priority ? ru->priority : c->priority, ru->reason) != 0) {
+        int64_t priority = ru != NULL && ru->has_priority ? ru->priority : c->priority;
+        if (ru != NULL && agents_update(r->agents, c, priority, ru->reason) != 0) {
             log_limited(&r->limit, LOG_ERROR, "out of memory updating %s", key);
         }
         agents_touch(r->agents, c, e->ts, env_get(e, ENV_CHANNEL), env_get(e, ENV_CUSTOMER));
