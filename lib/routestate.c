@@ -73,9 +73,12 @@ static const char *const s_sql[Q_N] = {
     [Q_PRUNE] = "DELETE FROM decisions WHERE id IN"
                 " (SELECT id FROM decisions WHERE at < ?1 ORDER BY at LIMIT ?2)",
     [Q_CONV_PUT] =
-        "INSERT OR REPLACE INTO conversations (key, by_handle, state, queue, agent, priority, rule, reason,"
+        "INSERT INTO conversations (key, by_handle, state, queue, agent, priority, rule, reason,"
         " channel, customer, first_id, seq, last_ms, assigns)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        " ON CONFLICT (key) DO UPDATE SET by_handle = ?2, state = ?3, queue = ?4, agent = ?5, priority = ?6,"
+        " rule = ?7, reason = ?8, channel = ?9, customer = ?10, first_id = ?11, seq = ?12, last_ms = ?13,"
+        " assigns = ?14",
     [Q_CONV_DEL] = "DELETE FROM conversations WHERE key = ?1",
     [Q_CONV_ALL] =
         "SELECT key, by_handle, state, queue, agent, priority, rule, reason, channel, customer, first_id,"
