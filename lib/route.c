@@ -796,7 +796,8 @@ static void s_fini(void **state)
 const struct stage route_stage = {
     .name = "route",
     .summary = "Sets `route` on inbound envelopes: the bot or a human queue by the first matching rule "
-               "of --rules, an agent from --agents; sticky until a close event. "
+               "of --rules, an agent from --agents; sticky until a close event. With --state the "
+               "conversations and every decision survive a restart; without it they live in memory only. "
                "`omni-route explain [FILE|-] --rules R [--agents A]` shows why.",
     .options = s_opts,
     .conf_size = sizeof(struct route_conf),

@@ -126,7 +126,7 @@ check "the presence event passes" wait_until 20 lines 12
 kill -TERM "$ROUTE_PID"
 wait "$ROUTE_PID"
 expect "SIGTERM exits 0" "$?" "0"
-printf 'agent bia queues geral capacity 3\nagent caio queues geral capacity 3\n' >"$T/agents.conf"
+printf 'agent bia queues geral capacity 3\nagent caio queues geral capacity 1\n' >"$T/agents.conf"
 start_route
 check "with ana gone from the agents file, her conversation is given again" wait_until 20 lines 13
 expect "it went back to the queue, and caio (bia is offline) took it" \
@@ -136,7 +136,8 @@ msg 10 whatsapp:+5511940000007 "alô?" 1794838000000 | send
 msg 11 whatsapp:+5511940000011 "atendente" 1794838000000 | send
 check "and messages pass" wait_until 20 lines 15
 expect "its next message goes to caio" "$(field "$T/live.out" 10 '.route | "\(.agent) \(.sticky)"')" "caio true"
-expect "bia is still offline after the restart: caio takes the new one" "$(field "$T/live.out" 11 '.route.agent')" "caio"
+expect "bia is still offline after the restart (and caio full): the new one waits" \
+    "$(field "$T/live.out" 11 '.route | "\(.queue) \(.agent // "none")"')" "geral none"
 check "the log says who waits again" grep -q "1 conversations wait again: their agent is no longer in" "$T/route.err"
 
 # 6. Held until committed: while omni-route holds a batch open (it has the
