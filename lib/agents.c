@@ -41,6 +41,8 @@ struct agents {
     size_t capwait;             /* allocated */
     struct agents_conv **scratch;/* a copy of wait, sorted while draining */
     uint64_t seq;               /* next join order */
+    agents_changed_fn *watch;   /* told of every change, or NULL */
+    void *watch_arg;            /* its argument */
 };
 
 /* ---- the file ------------------------------------------------------------ */
@@ -261,6 +263,19 @@ size_t agents_conf_count(const struct agents_conf *c)
 
 /* ---- conversations ------------------------------------------------------- */
 
+static void s_changed(struct agents *a, enum agents_change what, struct agents_conv *c)
+{
+    if (a->watch != NULL) {
+        a->watch(a->watch_arg, what, c);
+    }
+}
+
+void agents_watch(struct agents *a, agents_changed_fn *fn, void *arg)
+{
+    a->watch = fn;
+    a->watch_arg = arg;
+}
+
 struct agents *agents_new(void)
 {
     struct agents *a = calloc(1, sizeof *a);
@@ -355,13 +370,10 @@ static void s_grow(struct agents *a)
     a->nbucket = nb;
 }
 
-struct agents_conv *agents_get(struct agents *a, const char *key, bool by_handle)
+/* A new conversation of key, in state new; NULL when out of memory. */
+static struct agents_conv *s_conv_new(struct agents *a, const char *key, bool by_handle)
 {
-    struct agents_conv *c = agents_find(a, key);
-    if (c != NULL) {
-        return c;
-    }
-    c = calloc(1, sizeof *c);
+    struct agents_conv *c = calloc(1, sizeof *c);
     if (c == NULL || (c->key = strdup(key)) == NULL) {
         free(c);
         return NULL;
@@ -380,7 +392,21 @@ struct agents_conv *agents_get(struct agents *a, const char *key, bool by_handle
     return c;
 }
 
-void agents_touch(struct agents_conv *c, uint64_t ms, const char *channel, const char *customer)
+struct agents_conv *agents_get(struct agents *a, const char *key, bool by_handle)
+{
+    struct agents_conv *c = agents_find(a, key);
+    if (c != NULL) {
+        return c;
+    }
+    c = s_conv_new(a, key, by_handle);
+    if (c != NULL) {
+        s_changed(a, AGENTS_CONV, c);
+    }
+    return c;
+}
+
+void agents_touch(struct agents *a, struct agents_conv *c, uint64_t ms, const char *channel,
+                  const char *customer)
 {
     if (ms > c->last_ms) {
         c->last_ms = ms;
@@ -395,6 +421,7 @@ void agents_touch(struct agents_conv *c, uint64_t ms, const char *channel, const
             c->customer = s;
         }
     }
+    s_changed(a, AGENTS_CONV, c);
 }
 
 static void s_unwait(struct agents *a, struct agents_conv *c)
@@ -424,6 +451,7 @@ void agents_to_bot(struct agents *a, struct agents_conv *c)
 {
     s_leave(a, c);
     c->state = RULES_INBOT;
+    s_changed(a, AGENTS_CONV, c);
 }
 
 /* Replaces *dst with a copy of s (NULL: none). */
@@ -438,7 +466,8 @@ static int s_dup(char **dst, const char *s)
     return 0;
 }
 
-static int s_wait(struct agents *a, struct agents_conv *c)
+/* Puts c in the waiting list, joined at seq. */
+static int s_wait_at(struct agents *a, struct agents_conv *c, uint64_t seq)
 {
     if (a->nwait == a->capwait) {
         size_t cap = a->capwait ? a->capwait * 2 : 64;
@@ -458,8 +487,17 @@ static int s_wait(struct agents *a, struct agents_conv *c)
     c->wait_idx = a->nwait;
     a->wait[a->nwait++] = c;
     c->state = RULES_QUEUED;
-    c->seq = a->seq++;
+    c->seq = seq;
+    if (seq >= a->seq) {
+        a->seq = seq + 1;
+    }
     return 0;
+}
+
+/* Puts c at the end of the waiting list. */
+static int s_wait(struct agents *a, struct agents_conv *c)
+{
+    return s_wait_at(a, c, a->seq);
 }
 
 int agents_enqueue(struct agents *a, struct agents_conv *c, const char *queue, int64_t priority,
@@ -474,13 +512,17 @@ int agents_enqueue(struct agents *a, struct agents_conv *c, const char *queue, i
     c->qidx = a->conf ? s_queue_index(a->conf, queue, false) : -1;
     snprintf(c->first_id, sizeof c->first_id, "%s", id ? id : "");
     c->assigns = 0;
-    return s_wait(a, c);
+    int rc = s_wait(a, c);
+    s_changed(a, AGENTS_CONV, c);
+    return rc;
 }
 
-int agents_update(struct agents_conv *c, int64_t priority, const char *reason)
+int agents_update(struct agents *a, struct agents_conv *c, int64_t priority, const char *reason)
 {
     c->priority = priority;
-    return reason != NULL ? s_dup(&c->reason, reason) : 0;
+    int rc = reason != NULL ? s_dup(&c->reason, reason) : 0;
+    s_changed(a, AGENTS_CONV, c);
+    return rc;
 }
 
 void agents_close(struct agents *a, struct agents_conv **cp)
@@ -490,6 +532,7 @@ void agents_close(struct agents *a, struct agents_conv **cp)
         return;
     }
     s_leave(a, c);
+    s_changed(a, AGENTS_GONE, c);
     struct agents_conv **pp = &a->bucket[s_hash(c->key) & (a->nbucket - 1)];
     while (*pp != c) {
         pp = &(*pp)->next;
@@ -517,7 +560,7 @@ size_t agents_expire(struct agents *a, uint64_t before_ms)
     return n;
 }
 
-/* ---- agents -------------------------------------------------------------- */
+/* ---- the file in force --------------------------------------------------- */
 
 void agents_set_conf(struct agents *a, struct agents_conf **confp)
 {
@@ -557,9 +600,12 @@ void agents_set_conf(struct agents *a, struct agents_conf **confp)
             c->agent = k;
             if (k >= 0) {
                 load[k]++;
-            } else if (s_wait(a, c) != 0) {
+                continue;
+            }
+            if (s_wait(a, c) != 0) {
                 c->state = RULES_QUEUED;    /* out of memory: at least not assigned */
             }
+            s_changed(a, AGENTS_CONV, c);
         }
     }
     free(map);
@@ -575,7 +621,103 @@ void agents_set_conf(struct agents *a, struct agents_conf **confp)
     if (confp != NULL) {
         *confp = NULL;
     }
+    s_changed(a, AGENTS_AGENTS, NULL);
 }
+
+/* ---- restoring ----------------------------------------------------------- */
+
+int agents_restore(struct agents *a, const struct agents_saved *s)
+{
+    if (agents_find(a, s->key) != NULL) {
+        return -1;
+    }
+    struct agents_conv *c = s_conv_new(a, s->key, s->by_handle);
+    if (c == NULL) {
+        return -1;
+    }
+    if (s_dup(&c->queue, s->queue) != 0 || s_dup(&c->rule, s->rule) != 0 || s_dup(&c->reason, s->reason) != 0
+        || s_dup(&c->customer, s->customer) != 0) {
+        agents_close(a, &c);
+        return -1;
+    }
+    c->priority = s->priority;
+    snprintf(c->channel, sizeof c->channel, "%s", s->channel ? s->channel : "");
+    snprintf(c->first_id, sizeof c->first_id, "%s", s->first_id ? s->first_id : "");
+    c->assigns = s->assigns;
+    c->last_ms = s->last_ms;
+    c->seq = s->seq;
+    if (s->seq >= a->seq) {
+        a->seq = s->seq + 1;
+    }
+    if (c->queue == NULL || (s->state != RULES_QUEUED && s->state != RULES_ASSIGNED)) {
+        c->state = s->state == RULES_INBOT ? RULES_INBOT : RULES_NEW;
+        free(c->queue);
+        c->queue = NULL;
+        return 0;
+    }
+    c->qidx = a->conf ? s_queue_index(a->conf, c->queue, false) : -1;
+    int k = s->state == RULES_ASSIGNED && s->agent != NULL ? agents_find_agent(a, s->agent) : -1;
+    if (s->state == RULES_ASSIGNED) {
+        /* Its agent, or a stranded one agents_restore_end puts in line. */
+        c->state = RULES_ASSIGNED;
+        c->agent = k;
+        if (k >= 0) {
+            a->load[k]++;
+        }
+        return 0;
+    }
+    if (s_wait_at(a, c, s->seq) != 0) {
+        agents_close(a, &c);
+        return -1;
+    }
+    return 0;
+}
+
+/* Earlier seq first. */
+static int s_cmp_seq(const void *x, const void *y)
+{
+    const struct agents_conv *a = *(struct agents_conv *const *)x;
+    const struct agents_conv *b = *(struct agents_conv *const *)y;
+    return (a->seq > b->seq) - (a->seq < b->seq);
+}
+
+long agents_restore_end(struct agents *a)
+{
+    size_t n = 0, cap = 0;
+    struct agents_conv **v = NULL;
+    for (size_t b = 0; b < a->nbucket; b++) {
+        for (struct agents_conv *c = a->bucket[b]; c != NULL; c = c->next) {
+            if (c->state != RULES_ASSIGNED || c->agent >= 0) {
+                continue;
+            }
+            if (n == cap) {
+                cap = cap ? cap * 2 : 16;
+                struct agents_conv **g = realloc(v, cap * sizeof *g);
+                if (g == NULL) {
+                    free(v);
+                    return -1;
+                }
+                v = g;
+            }
+            v[n++] = c;
+        }
+    }
+    if (n > 0) {
+        qsort(v, n, sizeof *v, s_cmp_seq);
+    }
+    long rc = (long)n;
+    for (size_t i = 0; i < n; i++) {
+        if (s_wait(a, v[i]) != 0) {
+            v[i]->state = RULES_QUEUED;    /* out of memory: at least not assigned */
+            rc = -1;
+        }
+        s_changed(a, AGENTS_CONV, v[i]);
+    }
+    free(v);
+    return rc;
+}
+
+/* ---- agents -------------------------------------------------------------- */
 
 int agents_find_agent(const struct agents *a, const char *name)
 {
@@ -597,6 +739,7 @@ int agents_presence(struct agents *a, const char *name, enum agents_presence p)
         return -1;
     }
     a->presence[i] = p;
+    s_changed(a, AGENTS_AGENTS, NULL);
     return 0;
 }
 
@@ -616,6 +759,40 @@ int agents_load(const struct agents *a, int agent)
 int agents_capacity(const struct agents *a, int agent)
 {
     return agents_name(a, agent) ? a->conf->agent[agent].capacity : 0;
+}
+
+size_t agents_count(const struct agents *a)
+{
+    return a->conf ? a->conf->nagent : 0;
+}
+
+enum agents_presence agents_status(const struct agents *a, int agent)
+{
+    return agents_name(a, agent) ? a->presence[agent] : AGENTS_UNKNOWN;
+}
+
+size_t agents_queue_count(const struct agents *a)
+{
+    return a->conf ? a->conf->nqueue : 0;
+}
+
+const char *agents_turn(const struct agents *a, size_t q, const char **agent)
+{
+    *agent = NULL;
+    if (q >= agents_queue_count(a)) {
+        return NULL;
+    }
+    *agent = agents_name(a, a->rr[q]);
+    return a->conf->queue[q];
+}
+
+void agents_set_turn(struct agents *a, const char *queue, const char *agent)
+{
+    int q = a->conf ? s_queue_index(a->conf, queue, false) : -1;
+    int k = agents_find_agent(a, agent);
+    if (q >= 0 && k >= 0) {
+        a->rr[q] = k;
+    }
 }
 
 size_t agents_conversations(const struct agents *a)
@@ -703,9 +880,13 @@ size_t agents_drain(struct agents *a, uint64_t ms, agents_assigned_fn *cb, void 
         c->assigns++;
         a->load[ag]++;
         given++;
+        s_changed(a, AGENTS_CONV, c);
         if (cb != NULL) {
             cb(arg, c);
         }
+    }
+    if (given > 0) {
+        s_changed(a, AGENTS_AGENTS, NULL);     /* the queues' turns moved */
     }
     return given;
 }

@@ -10,7 +10,14 @@
  * presence and handoff (from omni-bot, when its events come back to --in)
  * events change the state and pass through; everything else passes
  * untouched. Hours are checked at the envelope's ts, so a replay
- * decides as the original run did. */
+ * decides as the original run did.
+ *
+ * With --state the conversations, agents' presence and every decision are
+ * kept in sqlite (lib/routestate.c) and loaded at start; envelopes are held
+ * until their decision commits (lib/routehold.c), and an id decided before
+ * (a re-send after a crash) gets the route it had, without going through
+ * the rules or changing the state again. Without --state the state lives
+ * in memory only. */
 #include "route.h"
 
 #include <errno.h>
@@ -24,16 +31,23 @@
 #include "json.h"
 #include "log.h"
 #include "mp.h"
+#include "routehold.h"
+#include "routestate.h"
 #include "rules.h"
 #include "ulid.h"
 
 #define EXPIRE_EVERY_MS 60000   /* how often idle conversations are looked for */
+#define BUSY_MS 250             /* --state: wait this long for a lock, then retry */
 
 struct route_conf {
     const char *rules;          /* --rules */
     const char *agents;         /* --agents */
     int64_t idle_ms;            /* --idle */
     int64_t match_limit;        /* --match-limit */
+    const char *state;          /* --state: the sqlite file, or NULL (memory only) */
+    int64_t batch;              /* --batch: envelopes per commit */
+    int64_t batch_ms;           /* --batch-ms: longest an envelope waits for its commit */
+    int64_t keep_ms;            /* --decisions-keep */
     bool help;                  /* explain --help */
 };
 
@@ -52,6 +66,8 @@ struct route {
     const struct route_conf *conf;  /* options */
     struct rules *rules;            /* the rules in force */
     struct agents *agents;          /* agents and conversations */
+    struct routestate *store;       /* --state, or NULL */
+    struct routehold *hold;         /* with --state: the batch held until it commits */
     struct stage_ctx *ctx;          /* while handling: where assign events go (NULL: explain) */
     struct buf *why;                /* explain: the story of the envelope */
     const struct agents_conv *current;/* the conversation being routed */
@@ -129,6 +145,18 @@ static int s_validate(const struct route_conf *conf)
         return EXIT_USAGE;
     }
     return 0;
+}
+
+/* The stage's options beyond explain's. */
+static int s_validate_stage(const struct route_conf *conf)
+{
+    int rc = s_validate(conf);
+    if (rc == 0 && (conf->batch < 1 || conf->batch > 100000 || conf->batch_ms < 0 || conf->batch_ms > 60000
+                    || conf->keep_ms < 1000)) {
+        log_msg(LOG_ERROR, "--batch must be 1..100000, --batch-ms at most 1m and --decisions-keep at least 1s");
+        rc = EXIT_USAGE;
+    }
+    return rc;
 }
 
 /* ---- decisions ----------------------------------------------------------- */
@@ -209,7 +237,11 @@ static void s_emit_assign(struct route *r, const struct agents_conv *c)
         return;
     }
     r->n.later++;
-    if (stage_emit(r->ctx, ev) != 0) {
+    if (r->hold != NULL) {
+        if (routehold_hold(r->hold, r->ctx, ev, ROUTEHOLD_PLAIN) != STAGE_HELD) {
+            log_limited(&r->limit, LOG_WARN, "assign event of %s to %s not kept", c->key, agent);
+        }
+    } else if (stage_emit(r->ctx, ev) != 0) {
         log_limited(&r->limit, LOG_WARN, "assign event of %s to %s not delivered", c->key, agent);
     }
 }
@@ -252,10 +284,11 @@ static int s_route_in(struct route *r, struct env *e)
     if (state == RULES_QUEUED || state == RULES_ASSIGNED) {
         /* Sticky: only keep rules may change priority and reason. */
         const struct rules_rule *ru = rules_match(r->rules, &in, true, r->why);
-        if (ru != NULL && agents_update(c, ru->has_priority ? ru->priority : c->priority, ru->reason) != 0) {
+        int64_t priority = ru != NULL && ru->has_priority ? ru->priority : c->priority;
+        if (ru != NULL && agents_update(r->agents, c, priority, ru->reason) != 0) {
             log_limited(&r->limit, LOG_ERROR, "out of memory updating %s", key);
         }
-        agents_touch(c, e->ts, env_get(e, ENV_CHANNEL), env_get(e, ENV_CUSTOMER));
+        agents_touch(r->agents, c, e->ts, env_get(e, ENV_CHANNEL), env_get(e, ENV_CUSTOMER));
         if (state == RULES_QUEUED) {
             r->current = c;
             s_drain(r, e->ts);
@@ -278,7 +311,7 @@ static int s_route_in(struct route *r, struct env *e)
         log_limited(&r->limit, LOG_ERROR, "out of memory: conversation %s not kept", key);
     }
     if (c != NULL) {
-        agents_touch(c, e->ts, env_get(e, ENV_CHANNEL), env_get(e, ENV_CUSTOMER));
+        agents_touch(r->agents, c, e->ts, env_get(e, ENV_CHANNEL), env_get(e, ENV_CUSTOMER));
     }
     if (ru == NULL || ru->action != RULES_QUEUE) {
         if (c != NULL) {
@@ -439,7 +472,7 @@ static void s_handoff(struct route *r, const struct env *e)
     }
     s_meta(e, "reason", reason, sizeof reason);
     const char *parent = env_get(e, ENV_REPLY_TO) ? env_get(e, ENV_REPLY_TO) : env_get(e, ENV_ID);
-    agents_touch(c, e->ts, env_get(e, ENV_CHANNEL), env_get(e, ENV_CUSTOMER));
+    agents_touch(r->agents, c, e->ts, env_get(e, ENV_CHANNEL), env_get(e, ENV_CUSTOMER));
     if (agents_enqueue(r->agents, c, queue, priority, rule, reason[0] ? reason : NULL, parent) != 0) {
         log_limited(&r->limit, LOG_ERROR, "out of memory: handoff of %s not queued", key);
         return;
@@ -507,11 +540,51 @@ static void s_route_destroy(struct route **rp)
     if (r == NULL) {
         return;
     }
+    routehold_destroy(&r->hold);
     rules_destroy(&r->rules);
     agents_destroy(&r->agents);
+    routestate_close(&r->store);
     env_destroy(&r->ev);
     free(r);
     *rp = NULL;
+}
+
+/* --state: opens the database, watches the state for changes and puts
+ * back what was stored. Returns 0 or an exit code. */
+static int s_open_state(struct route *r)
+{
+    const struct route_conf *conf = r->conf;
+    char err[512];
+    int rc = routestate_open(conf->state, BUSY_MS, &r->store, err, sizeof err);
+    if (rc != ROUTESTATE_OK) {
+        log_msg(LOG_ERROR, "--state %s", err);
+        return rc == ROUTESTATE_BAD ? EXIT_CONFIG : EXIT_UNAVAILABLE;
+    }
+    struct routehold_opts o = { conf->batch, conf->batch_ms, conf->keep_ms };
+    if ((r->hold = routehold_new(r->store, r->agents, &o)) == NULL) {
+        log_msg(LOG_ERROR, "out of memory");
+        return EXIT_SOFTWARE;
+    }
+    struct routestate_loaded got;
+    rc = routestate_load(r->store, r->agents, &got);
+    if (rc != ROUTESTATE_OK) {
+        log_msg(LOG_ERROR, "--state %s: cannot read the stored conversations%s", conf->state,
+                rc == ROUTESTATE_BAD ? ": the file is damaged" : "");
+        return rc == ROUTESTATE_BAD ? EXIT_CONFIG : EXIT_UNAVAILABLE;
+    }
+    log_msg(LOG_INFO, "--state %s: %zu conversations (%zu waiting)", conf->state, got.convs,
+            agents_waiting(r->agents));
+    if (got.requeued > 0) {
+        log_msg(LOG_INFO, "%zu conversations wait again: their agent is no longer in %s", got.requeued,
+                conf->agents ? conf->agents : "the agents file");
+    }
+    /* The stream's clock goes on from its latest message, not from the
+     * wall clock: a replay of old traffic must not find every conversation
+     * idle past --idle at the first tick. The next envelope moves it. */
+    r->clock_ts = got.latest_ms;
+    r->clock_mono = stage_mono_ms();
+    r->dirty = true;            /* the first tick gives waiting conversations to free agents */
+    return 0;
 }
 
 /* ---- the stage ----------------------------------------------------------- */
@@ -522,6 +595,14 @@ static const struct opt s_opts[] = {
     { "agents", OPT_STR, NULL, C(agents), "the agents file (see examples/agents.conf); without it no agent is assigned" },
     { "idle", OPT_MS, "24h", C(idle_ms), "forget a conversation (freeing its agent) after this long without a message" },
     { "match-limit", OPT_INT, "100000", C(match_limit), "PCRE2 match limit: a regex that needs more counts as no match" },
+    { "state", OPT_STR, NULL, C(state),
+      "sqlite file (WAL) of conversations, agents' presence and decisions: a restart continues where it "
+      "stopped, a re-sent id gets the route it had, and envelopes wait for their decision's commit. "
+      "Without it the state lives in memory only and a restart begins empty" },
+    { "batch", OPT_INT, "256", C(batch), "--state: envelopes per commit (group commit)" },
+    { "batch-ms", OPT_MS, "20ms", C(batch_ms), "--state: longest an envelope waits for its commit" },
+    { "decisions-keep", OPT_MS, "7d", C(keep_ms),
+      "--state: how long a decision is remembered for re-sent ids (as the ingestors' --dedupe-window)" },
     { NULL, 0, NULL, 0, NULL }
 };
 #undef C
@@ -530,7 +611,7 @@ static int s_init(struct stage_ctx *ctx, void *confp, void **state)
 {
     (void)ctx;
     const struct route_conf *conf = confp;
-    int rc = s_validate(conf);
+    int rc = s_validate_stage(conf);
     if (rc != 0) {
         return rc;
     }
@@ -551,9 +632,14 @@ static int s_init(struct stage_ctx *ctx, void *confp, void **state)
         log_msg(LOG_ERROR, "out of memory");
         return EXIT_SOFTWARE;
     }
-    log_msg(LOG_DEBUG, "%zu rules from %s, %zu agents%s%s; conversations are kept in memory only",
+    if (conf->state != NULL && conf->state[0] != '\0' && (rc = s_open_state(r)) != 0) {
+        s_route_destroy(&r);
+        return rc;
+    }
+    log_msg(LOG_DEBUG, "%zu rules from %s, %zu agents%s%s; conversations are kept %s%s",
             rules_count(r->rules), conf->rules, nagents, conf->agents ? " from " : "",
-            conf->agents ? conf->agents : "");
+            conf->agents ? conf->agents : "", r->store ? "in " : "in memory only",
+            r->store ? conf->state : "");
     *state = r;
     return 0;
 }
@@ -562,7 +648,7 @@ static int s_check(struct stage_ctx *ctx, void *confp)
 {
     (void)ctx;
     const struct route_conf *conf = confp;
-    int rc = s_validate(conf);
+    int rc = s_validate_stage(conf);
     if (rc != 0) {
         return rc;
     }
@@ -578,10 +664,62 @@ static int s_check(struct stage_ctx *ctx, void *confp)
     return rc;
 }
 
+/* What the decision log keeps of e: an inbound message's route, an
+ * event's having changed the state, or nothing. */
+static enum routehold_kind s_kind(const struct env *e)
+{
+    const char *dir = env_get(e, ENV_DIR);
+    char ev[32];
+    if (dir == NULL) {
+        return ROUTEHOLD_PLAIN;
+    }
+    if (strcmp(dir, "in") == 0) {
+        return ROUTEHOLD_ROUTED;
+    }
+    if (strcmp(dir, "event") != 0 || env_map_str(e, ENV_META, "event", ev, sizeof ev) <= 0) {
+        return ROUTEHOLD_PLAIN;
+    }
+    bool changes = strcmp(ev, "close") == 0 || strcmp(ev, "presence") == 0 || strcmp(ev, "handoff") == 0;
+    return changes ? ROUTEHOLD_APPLIED : ROUTEHOLD_PLAIN;
+}
+
+/* With --state: an id decided before gets that decision again; any other
+ * is decided, logged and held until its batch commits. */
+static enum verdict s_handle_held(struct route *r, struct stage_ctx *ctx, struct env *e)
+{
+    if (routehold_begin(r->hold, ctx) != 0) {
+        return STAGE_RETRY;
+    }
+    enum routehold_kind kind = s_kind(e);
+    if (kind != ROUTEHOLD_PLAIN) {
+        int got = routehold_recall(r->hold, e);
+        if (got < 0) {
+            return STAGE_RETRY;
+        }
+        if (got > 0) {
+            kind = ROUTEHOLD_PLAIN; /* as it was the first time; the state stays */
+            goto hold;
+        }
+    }
+    s_decide(r, e);
+    if (r->dirty) {
+        stage_wake_in(ctx, 0);  /* assign freed agents after this envelope */
+    }
+hold:;
+    enum verdict v = routehold_hold(r->hold, ctx, e, kind);
+    if (v == STAGE_HELD) {
+        routehold_done(r->hold, ctx);
+    }
+    return v;
+}
+
 static enum verdict s_handle(void *state, struct stage_ctx *ctx, struct env *e)
 {
     struct route *r = state;
     r->ctx = ctx;
+    if (r->hold != NULL) {
+        return s_handle_held(r, ctx, e);
+    }
     s_decide(r, e);
     if (r->dirty) {
         stage_wake_in(ctx, 0);  /* assign freed agents after this envelope goes */
@@ -598,11 +736,13 @@ static void s_tick(void *state, struct stage_ctx *ctx)
     if (r->dirty || agents_waiting(r->agents) > 0) {
         s_drain(r, now);        /* also: agents whose hours began */
     }
+    if (r->hold != NULL) {
+        routehold_tick(r->hold, ctx);
+    }
 }
 
 static void s_reload(void *state, struct stage_ctx *ctx)
 {
-    (void)ctx;
     struct route *r = state;
     struct rules *rules = s_load_rules(r->conf);
     if (rules == NULL) {
@@ -621,6 +761,7 @@ static void s_reload(void *state, struct stage_ctx *ctx)
         size_t n = agents_conf_count(ac);
         agents_set_conf(r->agents, &ac);
         r->dirty = true;
+        stage_wake_in(ctx, 0);
         log_msg(LOG_INFO, "reload: %zu agents from %s", n, r->conf->agents);
     }
 }
@@ -628,6 +769,20 @@ static void s_reload(void *state, struct stage_ctx *ctx)
 static void s_fini(void **state)
 {
     struct route *r = *state;
+    if (r->hold != NULL && routehold_held(r->hold) > 0) {
+        /* What the last tick did not commit (input ended, or the reader
+         * of our output went away): commit it and pass it on if we can. */
+        size_t n = routehold_held(r->hold);
+        if (routehold_flush(r->hold, r->ctx) != 0 && routehold_flush(r->hold, r->ctx) != 0) {
+            log_msg(LOG_WARN, "stopping with %zu envelopes not passed on: their decisions did not commit "
+                    "(the sender's spool sends them again)", n);
+        }
+    }
+    if (r->hold != NULL) {
+        const struct routehold_counts *k = routehold_counts(r->hold);
+        log_msg(LOG_DEBUG, "--state: recalled=%llu commits=%llu pruned=%llu", (unsigned long long)k->recalled,
+                (unsigned long long)k->commits, (unsigned long long)k->pruned);
+    }
     log_msg(LOG_DEBUG, "routed bot=%llu queued=%llu assigned=%llu sticky=%llu assigned-later=%llu "
             "closed=%llu expired=%llu regex-gave-up=%llu",
             (unsigned long long)r->n.bot, (unsigned long long)r->n.queued,
@@ -641,7 +796,8 @@ static void s_fini(void **state)
 const struct stage route_stage = {
     .name = "route",
     .summary = "Sets `route` on inbound envelopes: the bot or a human queue by the first matching rule "
-               "of --rules, an agent from --agents; sticky until a close event. "
+               "of --rules, an agent from --agents; sticky until a close event. With --state the "
+               "conversations and every decision survive a restart; without it they live in memory only. "
                "`omni-route explain [FILE|-] --rules R [--agents A]` shows why.",
     .options = s_opts,
     .conf_size = sizeof(struct route_conf),

@@ -575,8 +575,8 @@ static void test_priority_presence_and_hours(void **unused)
     assert_int_equal(agents_drain(a, MON_0930_SP, NULL, NULL), 0);
     assert_int_equal(agents_find(a, "mid")->agent, bia);
     /* Idle conversations are forgotten, freeing their agents. */
-    agents_touch(agents_find(a, "mid"), MON_0930_SP, "sms", NULL);
-    agents_touch(agents_find(a, "low"), MON_1759_SP, "sms", NULL);
+    agents_touch(a, agents_find(a, "mid"), MON_0930_SP, "sms", NULL);
+    agents_touch(a, agents_find(a, "low"), MON_1759_SP, "sms", NULL);
     assert_int_equal(agents_expire(a, MON_1759_SP), 1);
     assert_null(agents_find(a, "mid"));
     assert_int_equal(agents_load(a, bia), 0);
