@@ -255,7 +255,7 @@ def main():
     dead_files = {os.path.basename(p): os.path.getsize(p) for p in glob.glob(os.path.join(d, "*.dead"))
                   if os.path.getsize(p) > 0}
     integrity = {}
-    for db in ("archive.db", "spool.db", "outbox.db", "identity.db"):
+    for db in ("archive.db", "spool.db", "outbox.db", "identity.db", "route.db"):
         r = query(os.path.join(d, db), "PRAGMA integrity_check")
         integrity[db] = r[0][0] if r else "missing"
     split_customers = {h: c for h, c in customers_by_from.items() if len(c) > 1 or None in c}
