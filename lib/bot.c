@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent.h"
 #include "buf.h"
 #include "endpoint.h"
 #include "envelope.h"
@@ -114,6 +115,7 @@ struct bot {
     struct buf generated;       /* what --llm answered */
     struct buf trace;           /* the question's trace, before this stage's stamp */
     struct buf words;           /* the question's folded words */
+    struct buf thread;          /* an e-mail reply's References */
     uint64_t answered;          /* replies sent */
     uint64_t handed_off;        /* handoffs */
     uint64_t llm_used;          /* answers phrased by --llm */
@@ -561,6 +563,7 @@ static void s_fini(void **state)
     buf_free(&b->generated);
     buf_free(&b->trace);
     buf_free(&b->words);
+    buf_free(&b->thread);
     free(b);
     *state = NULL;
 }
@@ -697,6 +700,29 @@ static void s_copy_str(struct env *dst, const struct env *src, enum env_key k, e
 }
 
 /* Builds the reply to q (not yet stamped) in b->reply. */
+/* An e-mail reply threads under the question (RFC 5322 3.6.4):
+ * meta.in_reply_to is its Message-ID, meta.references its chain then that
+ * id, for omni-send's In-Reply-To and References. */
+static int s_thread(struct bot *b, const struct env *q, struct env *r, struct env_err *err)
+{
+    char mid[1000], irt[1000], refs[4000];
+    if (strcmp(env_get(q, ENV_CHANNEL), "email") != 0
+        || env_map_str(q, ENV_META, "message_id", mid, sizeof mid) != 1) {
+        return 0;
+    }
+    bool has_irt = env_map_str(q, ENV_META, "in_reply_to", irt, sizeof irt) == 1;
+    bool has_refs = env_map_str(q, ENV_META, "references", refs, sizeof refs) == 1;
+    buf_reset(&b->thread);
+    if (agent_references(has_refs ? refs : NULL, has_irt ? irt : NULL, mid, &b->thread) != 0) {
+        return -1;
+    }
+    const struct env_kv meta[] = {
+        { .key = "in_reply_to", .type = ENV_KV_STR, .s = mid },
+        { .key = "references", .type = ENV_KV_STR, .s = b->thread.data },
+    };
+    return env_set_map(r, ENV_META, meta, 2, err);
+}
+
 static int s_build_reply(struct bot *b, const struct env *q, const char *text,
                          const struct env_kv *botkv, size_t nbot, struct env_err *err)
 {
@@ -727,7 +753,7 @@ static int s_build_reply(struct bot *b, const struct env *q, const char *text,
     if (b->trace.len > 0) {
         env_set_raw(r, ENV_TRACE, b->trace.data, b->trace.len, NULL);
     }
-    return 0;
+    return s_thread(b, q, r, err);
 }
 
 /* Builds the handoff event for q (route and bot already set) in b->event. */

@@ -2,8 +2,9 @@
  * libcurl's SMTP (smtp:// or smtps://, STARTTLS when asked, AUTH when a
  * user is given; libcurl dot-stuffs the data).
  *
- * Threading: In-Reply-To is meta.message_id of the reply (the customer's
- * last Message-ID, put there by omni-archive or omni-agent), References is
+ * Threading: In-Reply-To is meta.in_reply_to of the reply (the customer's
+ * last Message-ID, put there by omni-agent and omni-bot; meta.message_id is
+ * read when in_reply_to is absent, as older envelopes had it), References is
  * meta.references (a string or an array of strings) followed by it, and
  * Subject is the reply's subject (or meta.subject) with one "Re: ".
  * Message-ID is <REPLY-ID@domain of --smtp-from>: the same for every
@@ -375,7 +376,8 @@ int send_mail_build(const struct env *e, const char *from, uint64_t now_ms, stru
 
     char parent[MAX_ID + 3];
     struct buf pid = { 0 };
-    if (env_map_str(e, ENV_META, "message_id", parent, sizeof parent) == 1) {
+    if (env_map_str(e, ENV_META, "in_reply_to", parent, sizeof parent) == 1
+        || env_map_str(e, ENV_META, "message_id", parent, sizeof parent) == 1) {
         s_put_id(&pid, parent, strlen(parent));
     }
     s_references(e, &ids);

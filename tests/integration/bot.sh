@@ -162,6 +162,16 @@ expect "a queue route, no route, and dir=out pass untouched" \
 expect "--all also answers messages without a route" \
     "$(bot --all <"$T/p.jsonl" | jq -r 'select(.reply_to) | .reply_to[-2:]')" "09"
 
+# 5b. An e-mail answer threads under the question: meta.in_reply_to is its
+#     Message-ID, meta.references its chain then that id.
+msg 12 "vcs entregam no sabado?" | jq -c '.channel = "email" | .from = "mailto:ana@example.com"
+    | .to = "mailto:atendimento@jabuti.example" | .subject = "Entrega"
+    | .meta = {message_id: "<q2@mail.example.com>", in_reply_to: "<a1@jabuti.example>",
+               references: "<q1@mail.example.com> <a1@jabuti.example>"}' | bot >"$T/mail.out"
+expect "an e-mail answer carries the threading omni-send needs" \
+    "$(jq -c 'select(.dir == "out") | [.subject, .meta.in_reply_to, .meta.references]' "$T/mail.out")" \
+    '["Re: Entrega","<q2@mail.example.com>","<q1@mail.example.com> <a1@jabuti.example> <q2@mail.example.com>"]'
+
 # 6. As a service on ipc sockets, with the sample traffic routed to the bot.
 spawn "$B" --kb "$KB" --all --in "@ipc://$T/bot.in" --out ">ipc://$T/bot.out" 2>"$T/svc.err"
 spawn "$BIN/omni-tap" --in "@ipc://$T/bot.out" --idle-exit 1500ms >"$T/svc.out" 2>/dev/null

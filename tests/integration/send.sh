@@ -334,6 +334,15 @@ check "a reply still failing after --give-up is dead, with the last reason" \
     test "$(sqlite3 "$T/g.db" "SELECT reason LIKE 'gave up after % attempts over %s: twilio 500%' FROM dead")" = 1
 ctl "$TWILIO" '{"reset": true}'
 
+# 10b. The parent's Message-ID as omni-agent and omni-bot give it:
+#      meta.in_reply_to.
+inject '{"id":"'"$(id 23)"'","channel":"email","dir":"out","to":"mailto:ana.souza@example.com","subject":"Re: Troca","text":"Pode trazer na loja.","meta":{"in_reply_to":"<troca.1@mail.example.com>","references":"<troca.0@mail.example.com> <troca.1@mail.example.com>"}}'
+wait_until 20 is_state "$(id 23)" sent
+check "SMTP: meta.in_reply_to threads the reply (In-Reply-To, References once)" \
+    jq -e -s --arg mid "<$(id 23)@jabuti.example>" 'map(select(.headers["message-id"] == $mid)) | length == 1
+        and (.[0].headers | .["in-reply-to"] == "<troca.1@mail.example.com>"
+             and .references == "<troca.0@mail.example.com> <troca.1@mail.example.com>")' "$T/smtp.jsonl"
+
 # 11. SIGTERM exits 0; no secret appears in the logs.
 stop_send
 expect "SIGTERM exits 0" "$?" "0"
