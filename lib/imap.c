@@ -963,6 +963,7 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         goto fail;
     }
     spool_set_sender(in->spool, s_send, in);
+    spool_set_tap(in->spool, in->tap);
     if (c->imap == NULL) {
         return 0;
     }

@@ -232,6 +232,22 @@ static void s_envelope(struct metrics *m, struct env *e)
     size_t nstamps = s_trace(e, st, sizeof st, &st_ms, &prev_ms);
     s_label(stage, sizeof stage, st);
     m->envelopes++;
+    char v[64], ev[64] = "";
+    if (strcmp(dir, "event") == 0 && env_map_str(e, ENV_META, "event", v, sizeof v) == 1) {
+        s_label(ev, sizeof ev, v);
+    }
+    if (strcmp(ev, "stats") == 0) {
+        /* A stage's report of itself (lib/spool: the backlog), not a message. */
+        int64_t backlog;
+        if (env_map_int(e, ENV_META, "spool_backlog", &backlog) == 1) {
+            snprintf(k, sizeof k, "omnibus_spool_backlog{stage=\"%s\"}", stage);
+            struct series *s = s_series(m, k, "Envelopes spooled and not yet acknowledged.", false, false);
+            if (s != NULL) {
+                s->value = (double)backlog;
+            }
+        }
+        return;
+    }
 
     snprintf(k, sizeof k, "omnibus_messages_total{channel=\"%s\",dir=\"%s\",stage=\"%s\"}", ch, dir, stage);
     s_count(m, k, "Envelopes seen on the taps, by channel, direction and the stage that published them.", 1);
@@ -259,13 +275,15 @@ static void s_envelope(struct metrics *m, struct env *e)
                   true, (double)(e->ts - c->first_in_ms) / 1e3);
     }
 
-    char v[64], reason[64];
-    if (strcmp(stage, "bot") == 0 && env_has(e, ENV_BOT)) {
+    char reason[64];
+    /* One outcome per question: the question itself carries the bot's
+     * verdict (its reply, handoff event and off-hours notice carry copies). */
+    if (strcmp(stage, "bot") == 0 && is_in && env_has(e, ENV_BOT)) {
         if (env_map_str(e, ENV_BOT, "handoff", v, sizeof v) == 1) {
             s_label(reason, sizeof reason, v);
             snprintf(k, sizeof k, "omnibus_bot_total{outcome=\"handoff\",reason=\"%s\"}", reason);
             s_count(m, k, "Bot outcomes: answered from the knowledge base, or handed off (by reason).", 1);
-        } else if (is_out) {
+        } else {
             snprintf(k, sizeof k, "omnibus_bot_total{outcome=\"answered\",reason=\"none\"}");
             s_count(m, k, "Bot outcomes: answered from the knowledge base, or handed off (by reason).", 1);
         }
@@ -286,28 +304,32 @@ static void s_envelope(struct metrics *m, struct env *e)
             }
         }
     }
-    if (strcmp(dir, "event") == 0 && env_map_str(e, ENV_META, "event", v, sizeof v) == 1) {
-        char ev[64];
-        s_label(ev, sizeof ev, v);
+    if (ev[0] != '\0') {
         if (strcmp(ev, "close") == 0 && c != NULL) {
             c->queue[0] = '\0';
             c->queued_ms = 0;
         }
-        if (strcmp(ev, "receipt") == 0 && strcmp(stage, "send") == 0) {
+        /* omni-bot handed the conversation to a queue: it waits from now. */
+        if (strcmp(ev, "handoff") == 0 && c != NULL && c->queue[0] == '\0'
+            && env_map_str(e, ENV_META, "queue", v, sizeof v) == 1) {
+            s_label(c->queue, sizeof c->queue, v);
+            c->queued_ms = e->ts;
+        }
+        /* An agent given later than the message (omni-route's assign event,
+         * or omni-agent claim): the wait ends now. */
+        if (strcmp(ev, "assign") == 0 && c != NULL && c->queued_ms != 0) {
+            snprintf(k, sizeof k, "omnibus_queue_wait_seconds{queue=\"%s\"}", c->queue);
+            s_observe(m, k, "Time a conversation waited in a queue before an agent had it.", true,
+                      e->ts >= c->queued_ms ? (double)(e->ts - c->queued_ms) / 1e3 : 0);
+            c->queued_ms = 0;
+        }
+        /* omni-send's own receipts (born there: one stamp); a provider's,
+         * passing through, were counted where they came in. */
+        if (strcmp(ev, "receipt") == 0 && strcmp(stage, "send") == 0 && nstamps == 1) {
             char status[64];
             s_label(status, sizeof status, env_map_str(e, ENV_META, "status", v, sizeof v) == 1 ? v : NULL);
             snprintf(k, sizeof k, "omnibus_send_receipts_total{channel=\"%s\",status=\"%s\"}", ch, status);
             s_count(m, k, "Delivery receipts from omni-send, by channel and status.", 1);
-        }
-        if (strcmp(ev, "stats") == 0) {
-            int64_t backlog;
-            if (env_map_int(e, ENV_META, "spool_backlog", &backlog) == 1) {
-                snprintf(k, sizeof k, "omnibus_spool_backlog{stage=\"%s\"}", stage);
-                struct series *s = s_series(m, k, "Envelopes spooled and not yet acknowledged.", false, false);
-                if (s != NULL) {
-                    s->value = (double)backlog;
-                }
-            }
         }
     }
 }

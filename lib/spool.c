@@ -31,6 +31,7 @@
 #define SCHEMA_VERSION 1
 #define BUSY_MS 2000            /* wait this long for a lock (a reader with the sqlite3 shell) */
 #define ACK_MSGS 256            /* ack messages read per pump */
+#define REPORT_EVERY_MS 1000    /* the backlog goes to the tap this often */
 #define PRUNE_EVERY_MS 60000    /* how often old channel ids are forgotten */
 #define PRUNE_CHUNK 1000        /* channel ids forgotten per round */
 #define BACKOFF_MAX 8           /* a re-send waits at most this many resend_after */
@@ -102,6 +103,9 @@ struct spool {
     sqlite3_stmt *st[Q_N];      /* prepared statements */
     struct ep *acks;            /* SUB of omni-archive's acks, or NULL */
     struct ulid_gen ids;        /* ids for envelopes put without one */
+    struct ep *tap;             /* where the backlog is reported, or NULL */
+    struct env *report;         /* the stats event being built */
+    uint64_t next_report;       /* monotonic ms of the next report */
     struct env *env;            /* a stored envelope being sent */
     struct buf enc;             /* an envelope being stored, encoded */
     spool_send_fn send;         /* sender, or NULL for stage_emit */
@@ -344,6 +348,7 @@ void spool_destroy(struct spool **spp)
                 (long long)sp->backlog);
     }
     ep_destroy(&sp->acks);
+    env_destroy(&sp->report);
     for (int q = 0; q < Q_N; q++) {
         sqlite3_finalize(sp->st[q]);
     }
@@ -749,6 +754,43 @@ static int s_send_due(struct spool *sp, struct stage_ctx *ctx)
     return failed && sent == 0 ? -1 : sent;
 }
 
+/* Publishes the backlog on the tap, at most every REPORT_EVERY_MS, as a
+ * stats event {meta: {event: "stats", spool_backlog: N}} that omni-metrics
+ * turns into omnibus_spool_backlog. Only the tap sees it. */
+static void s_report(struct spool *sp, struct stage_ctx *ctx)
+{
+    uint64_t mono = stage_mono_ms();
+    if (sp->tap == NULL || ctx == NULL || mono < sp->next_report) {
+        return;
+    }
+    sp->next_report = mono + REPORT_EVERY_MS;
+    if (sp->report == NULL && (sp->report = env_new()) == NULL) {
+        return;
+    }
+    struct env *e = sp->report;
+    uint64_t now = stage_now_ms();
+    char id[ULID_LEN + 1];
+    if (ulid_next(&sp->ids, now, id) != 0) {
+        return;
+    }
+    const struct env_kv meta[] = {
+        { .key = "event", .type = ENV_KV_STR, .s = "stats" },
+        { .key = "spool_backlog", .type = ENV_KV_INT, .i = sp->backlog },
+    };
+    env_clear(e);
+    env_set_uint(e, ENV_V, ENV_VERSION);
+    env_set_uint(e, ENV_TS, now);
+    if (env_set(e, ENV_ID, id, NULL) == 0 && env_set(e, ENV_CHANNEL, "api", NULL) == 0
+        && env_set(e, ENV_DIR, "event", NULL) == 0 && env_set_map(e, ENV_META, meta, 2, NULL) == 0) {
+        stage_emit_to(ctx, sp->tap, NULL, e);
+    }
+}
+
+void spool_set_tap(struct spool *sp, struct ep *tap)
+{
+    sp->tap = tap;
+}
+
 int spool_pump(struct spool *sp, struct stage_ctx *ctx)
 {
     if (sp->in_txn) {
@@ -756,6 +798,7 @@ int spool_pump(struct spool *sp, struct stage_ctx *ctx)
     }
     int rc = s_read_acks(sp);
     int sent = s_send_due(sp, ctx);
+    s_report(sp, ctx);
     s_prune(sp);
     s_refresh_next(sp);
     return rc < 0 || sent < 0 ? -1 : sent;

@@ -87,6 +87,9 @@ typedef int (*spool_send_fn)(void *arg, struct env *e);
  * must keep serving while the pipeline is away (an HTTP server) gives one
  * that never waits. */
 void spool_set_sender(struct spool *sp, spool_send_fn fn, void *arg);
+/* Has spool_pump publish the backlog on tap (the source's --tap; NULL:
+ * not at all) about once a second, as a stats event for omni-metrics. */
+void spool_set_tap(struct spool *sp, struct ep *tap);
 /* Milliseconds until spool_pump has something to send (0: now), or -1 when
  * nothing is waiting, for a source's poll timeout. */
 int64_t spool_next_ms(const struct spool *sp);

@@ -919,6 +919,7 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         goto fail;
     }
     spool_set_sender(t->spool, s_send, t);
+    spool_set_tap(t->spool, t->tap);
     char off[32];
     int got = spool_state_get(t->spool, S_OFFSET_KEY, off, sizeof off);
     if (got < 0) {

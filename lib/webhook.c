@@ -650,6 +650,7 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         goto fail;
     }
     spool_set_sender(wh->spool, s_send, wh);
+    spool_set_tap(wh->spool, wh->tap);
     if ((status = s_start_http(wh)) != 0) {
         goto fail;
     }
