@@ -46,3 +46,27 @@ QUESTIONS=40 DELAY_MS=10 "$ROOT/pipelines/scale" 1 3 >"$T/scale.out" 2>"$T/scale
 expect "pipelines/scale exits 0" "$?" "0"
 expect "scale: a row per worker count" "$(grep -cE '^[13] +[0-9.]+ +[0-9]+$' "$T/scale.out")" "2"
 check "scale: every question arrived" sh -c "! grep -q 'only' '$T/scale.err'"
+
+# Without --once, pipelines/local serves until Ctrl-C: SIGINT to its process
+# group (what a terminal sends) stops it and everything it started.
+python3 - "$ROOT/pipelines/local" "$T/ctrlc" >"$T/ctrlc.out" 2>&1 <<'PY'
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_DFL)    # as in a terminal, not ignored
+out = open(sys.argv[2] + ".log", "w")
+p = subprocess.Popen([sys.argv[1]], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                     env=dict(os.environ, RUN_DIR=sys.argv[2]))
+end = time.time() + 60
+while time.time() < end and "Ctrl-C stops" not in open(sys.argv[2] + ".log").read():
+    time.sleep(0.1)
+os.killpg(p.pid, signal.SIGINT)
+try:
+    print("exit", p.wait(timeout=20))
+except subprocess.TimeoutExpired:
+    print("still running 20 s after SIGINT")
+    os.killpg(p.pid, signal.SIGKILL)
+time.sleep(0.3)
+left = subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True).stdout.split()
+print("left", len(left))
+PY
+expect "local: Ctrl-C stops it, and every process it started" "$(cat "$T/ctrlc.out")" "exit 130
+left 0"
