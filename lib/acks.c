@@ -2,6 +2,7 @@
 #include "acks.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -47,6 +48,33 @@ int64_t acks_read(const void *p, size_t n, acks_fn fn, void *arg, const char **w
         }
     }
     return count;
+}
+
+int acks_drain(struct ep *ep, int max, acks_fn fn, void *arg, const char *option,
+               struct log_limit *lim)
+{
+    int got = 0;
+    for (; got < max; got++) {
+        const void *p;
+        size_t n;
+        enum ep_status st = ep_recv(ep, &p, &n);
+        if (st == EP_AGAIN) {
+            break;
+        }
+        if (st == EP_ERROR) {
+            log_limited(lim, LOG_ERROR, "--%s %s: %s", option, ep_name(ep), strerror(errno));
+            break;
+        }
+        const char *why;
+        int64_t rc = st == EP_MSG ? acks_read(p, n, fn, arg, &why) : 0;
+        if (rc == ACKS_STOP) {
+            return ACKS_STOP;
+        }
+        if (rc == ACKS_BAD) {
+            log_limited(lim, LOG_WARN, "--%s %s: %s", option, ep_name(ep), why);
+        }
+    }
+    return got;
 }
 
 int acks_check(const char *option, const char *endpoint, enum ep_role role, char *err, size_t n)

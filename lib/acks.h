@@ -15,6 +15,7 @@
 
 #include "buf.h"
 #include "endpoint.h"
+#include "log.h"
 #include "stage.h"
 
 #define ACKS_LINGER_MS 1000     /* how long the last acks get to leave at exit */
@@ -34,6 +35,14 @@ typedef int (*acks_fn)(void *arg, const char *id, size_t n);
 #define ACKS_BAD (-1)
 #define ACKS_STOP (-2)
 int64_t acks_read(const void *p, size_t n, acks_fn fn, void *arg, const char **why);
+
+/* Reads the ack messages waiting on ep (a reader), without waiting and at
+ * most max of them, giving each id to fn in order. A message that is not
+ * an ack, or a socket error, is logged (rate limited by lim, naming
+ * --option) and passed over. Returns the messages read, or ACKS_STOP when
+ * fn stopped the walk (the rest stay for the next call). */
+int acks_drain(struct ep *ep, int max, acks_fn fn, void *arg, const char *option,
+               struct log_limit *lim);
 
 /* Parses an ack endpoint option for its role (EP_TAP for the publisher,
  * EP_SUB for a reader) and refuses '-'. Returns 0, or -1 with a reason

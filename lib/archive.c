@@ -804,22 +804,7 @@ static int s_read_out_acks(struct archive *a)
         return SQLITE_OK;
     }
     a->paid_rc = SQLITE_OK;
-    for (int i = 0; i < OWED_ACK_MSGS && a->paid_rc == SQLITE_OK; i++) {
-        const void *p;
-        size_t n;
-        enum ep_status st = ep_recv(a->out_acks, &p, &n);
-        if (st == EP_AGAIN) {
-            break;
-        }
-        if (st == EP_ERROR) {
-            log_limited(&a->db_limit, LOG_ERROR, "--out-acks %s: %s", a->conf->out_acks, strerror(errno));
-            break;
-        }
-        const char *why;
-        if (st == EP_MSG && acks_read(p, n, s_paid, a, &why) == ACKS_BAD) {
-            log_limited(&a->db_limit, LOG_WARN, "--out-acks %s: %s", a->conf->out_acks, why);
-        }
-    }
+    acks_drain(a->out_acks, OWED_ACK_MSGS, s_paid, a, "out-acks", &a->db_limit);
     return a->paid_rc;
 }
 

@@ -389,7 +389,6 @@ struct s_in {
     struct spool *spool;            /* the durable queue */
     struct ep *out;                 /* --out */
     struct ep *tap;                 /* --tap, or NULL */
-    uint64_t sent;                  /* envelopes sent on */
     struct imap *imap;              /* the mailbox, in IMAP mode */
     char *password;                 /* from --password-file */
     struct env *env;                /* the envelope being built */
@@ -468,58 +467,15 @@ static bool s_cancel(void *arg)
     return stage_stopping(arg);
 }
 
-/* The spool's sender: never waits, so that the mailbox is read into the
- * spool (up to --spool-max) while the next stage is away. Returns 0 sent,
- * 1 not now, -1 failed. */
-static int s_send(void *arg, struct env *e)
-{
-    struct s_in *in = arg;
-    int rc = stage_emit_to(in->ctx, in->out, in->tap, e);
-    in->sent += rc == 0;
-    return rc;
-}
-
-/* Sends what the spool has due, and flushes stdout. Returns -1 when
- * something failed. */
+/* Sends what the spool has due (never waiting, so that the mailbox is
+ * read into the spool, up to --spool-max, while the next stage is away).
+ * Returns -1 when something failed. */
 static int s_pump(struct s_in *in)
 {
     int rc;
     while ((rc = spool_pump(in->spool, in->ctx)) == SPOOL_PUMP_BATCH) {
     }
-    if (ep_is_stdio(in->out) && ep_flush(in->out) != 0) {
-        log_limited(&in->limit, LOG_ERROR, "stdout: %s", strerror(errno));
-        if (errno == EPIPE) {
-            stage_stop(in->ctx);
-        }
-        rc = -1;
-    }
     return rc < 0 ? -1 : 0;
-}
-
-/* Opens --out or --tap (ctx NULL: only parses, for --check). Returns 0 or
- * an exit code. */
-static int s_open_ep(struct stage_ctx *ctx, const char *name, const char *text, enum ep_role role,
-                     struct ep **ep)
-{
-    char err[300];
-    struct ep_spec spec;
-    struct ep_opts eo = { .hwm = 10000, .linger_ms = 5000, .curve = stage_curve(ctx) };
-    if (text == NULL || text[0] == '\0') {
-        return 0;
-    }
-    if (ep_parse(text, role, &spec, err, sizeof err) != 0) {
-        log_msg(LOG_ERROR, "--%s: %s", name, err);
-        return EXIT_USAGE;
-    }
-    if (ctx == NULL) {
-        return 0;
-    }
-    *ep = ep_open(stage_zctx(ctx), &spec, role, &eo, err, sizeof err);
-    if (*ep == NULL) {
-        log_msg(LOG_ERROR, "--%s: %s", name, err);
-        return EXIT_UNAVAILABLE;
-    }
-    return 0;
 }
 
 /* Waits ms (or until SIGTERM), sending the spool's due envelopes. Returns
@@ -845,7 +801,7 @@ static int s_run_imap(struct s_in *in, struct stage_ctx *ctx)
     log_msg(LOG_INFO, "stopped at UIDVALIDITY %" PRIu64 " UID %" PRIu64 ": %llu spooled, "
             "%llu already spooled, %llu not messages, %llu sent on", in->saved_validity,
             in->saved_uid, (unsigned long long)in->spooled, (unsigned long long)in->dups,
-            (unsigned long long)in->bad, (unsigned long long)in->sent);
+            (unsigned long long)in->bad, (unsigned long long)spool_sent(in->spool));
     return 0;
 }
 
@@ -922,8 +878,8 @@ static int s_check(struct stage_ctx *ctx, void *conf)
     (void)ctx;
     struct imap_stage_conf *c = conf;
     int rc = s_validate(c);
-    if (rc == 0 && (s_open_ep(NULL, "out", c->out, EP_OUT, NULL) != 0
-                    || s_open_ep(NULL, "tap", c->tap, EP_TAP, NULL) != 0)) {
+    if (rc == 0 && (stage_open_ep(NULL, "out", c->out, EP_OUT, NULL) != 0
+                    || stage_open_ep(NULL, "tap", c->tap, EP_TAP, NULL) != 0)) {
         rc = c->imap != NULL ? EXIT_CONFIG : EXIT_TEMPFAIL;
     }
     return rc;
@@ -950,8 +906,8 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         rc = unavailable;
         goto fail;
     }
-    if ((rc = s_open_ep(ctx, "out", c->out, EP_OUT, &in->out)) != 0
-        || (rc = s_open_ep(ctx, "tap", c->tap, EP_TAP, &in->tap)) != 0) {
+    if ((rc = stage_open_ep(ctx, "out", c->out, EP_OUT, &in->out)) != 0
+        || (rc = stage_open_ep(ctx, "tap", c->tap, EP_TAP, &in->tap)) != 0) {
         rc = c->imap != NULL ? rc : EXIT_TEMPFAIL;
         goto fail;
     }
@@ -962,8 +918,7 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         rc = unavailable;
         goto fail;
     }
-    spool_set_sender(in->spool, s_send, in);
-    spool_set_tap(in->spool, in->tap);
+    spool_set_output(in->spool, in->out, in->tap);
     if (c->imap == NULL) {
         return 0;
     }

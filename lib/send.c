@@ -733,16 +733,9 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
             goto fail;
         }
     }
-    if (s_set(c->webchat)) {
-        struct ep_spec spec;
-        struct ep_opts eo = { .hwm = 10000, .linger_ms = 2000, .curve = stage_curve(ctx) };
-        ep_parse(c->webchat, EP_OUT, &spec, err, sizeof err);
-        s->webchat = ep_open(stage_zctx(ctx), &spec, EP_OUT, &eo, err, sizeof err);
-        if (s->webchat == NULL) {
-            log_msg(LOG_ERROR, "--webchat: %s", err);
-            status = EXIT_UNAVAILABLE;
-            goto fail;
-        }
+    status = stage_open_ep(ctx, "webchat", c->webchat, EP_OUT, &s->webchat);
+    if (status != 0) {
+        goto fail;
     }
     if (s_set(c->acks)) {
         s->acks = acks_open(ctx, "acks", c->acks, EP_TAP, err, sizeof err);

@@ -103,7 +103,9 @@ struct spool {
     sqlite3_stmt *st[Q_N];      /* prepared statements */
     struct ep *acks;            /* SUB of omni-archive's acks, or NULL */
     struct ulid_gen ids;        /* ids for envelopes put without one */
-    struct ep *tap;             /* where the backlog is reported, or NULL */
+    struct ep *out;             /* spool_set_output: where envelopes go, or NULL */
+    struct ep *tap;             /* spool_set_output: a copy, and the backlog, or NULL */
+    uint64_t sent;              /* envelopes sent, for the log */
     struct env *report;         /* the stats event being built */
     uint64_t next_report;       /* monotonic ms of the next report */
     struct env *env;            /* a stored envelope being sent */
@@ -576,9 +578,11 @@ int spool_ack(struct spool *sp, const char *const *ids, size_t n)
     return 0;
 }
 
-/* acks_read's callback: the ack of one id, in the open transaction. */
+/* acks_drain's callback: the ack of one id, in a transaction opened at
+ * the first one. */
 struct s_ack_walk {
     struct spool *sp;           /* the spool */
+    bool open;                  /* the transaction is open */
     int64_t deleted;            /* rows deleted */
     int rc;                     /* SQLITE_OK, or the error that stopped the walk */
 };
@@ -586,7 +590,13 @@ struct s_ack_walk {
 static int s_ack_id(void *arg, const char *id, size_t n)
 {
     struct s_ack_walk *w = arg;
-    w->rc = s_ack_one(w->sp, id, n, &w->deleted);
+    if (!w->open) {
+        w->rc = s_own_begin(w->sp);
+        w->open = w->rc == SQLITE_OK;
+    }
+    if (w->rc == SQLITE_OK) {
+        w->rc = s_ack_one(w->sp, id, n, &w->deleted);
+    }
     return w->rc != SQLITE_OK;
 }
 
@@ -596,48 +606,17 @@ static int s_read_acks(struct spool *sp)
     if (sp->acks == NULL) {
         return 0;
     }
-    int rc = SQLITE_OK;
-    bool open = false;
-    int64_t deleted = 0;
-    for (int i = 0; i < ACK_MSGS && rc == SQLITE_OK; i++) {
-        const void *p;
-        size_t n;
-        enum ep_status st = ep_recv(sp->acks, &p, &n);
-        if (st == EP_AGAIN) {
-            break;
-        }
-        if (st == EP_ERROR) {
-            log_limited(&sp->limit, LOG_ERROR, "--acks %s: %s", sp->conf.acks, strerror(errno));
-            break;
-        }
-        if (st != EP_MSG) {
-            continue;
-        }
-        if (!open) {
-            rc = s_own_begin(sp);
-            open = rc == SQLITE_OK;
-        }
-        if (rc == SQLITE_OK) {
-            struct s_ack_walk w = { sp, 0, SQLITE_OK };
-            const char *why;
-            if (acks_read(p, n, s_ack_id, &w, &why) == ACKS_BAD) {
-                log_limited(&sp->limit, LOG_WARN, "--acks %s: %s", sp->conf.acks, why);
-            }
-            deleted += w.deleted;
-            rc = w.rc;
-        }
-    }
-    if (open) {
-        rc = s_own_end(sp, rc);
-    }
+    struct s_ack_walk w = { sp, false, 0, SQLITE_OK };
+    acks_drain(sp->acks, ACK_MSGS, s_ack_id, &w, "acks", &sp->limit);
+    int rc = w.open ? s_own_end(sp, w.rc) : w.rc;
     if (rc != SQLITE_OK) {
         /* The ids are lost with the transaction; their rows are sent again
          * and acknowledged again. */
         s_db_error(sp, "cannot drop acknowledged messages", rc);
         return -1;
     }
-    sp->backlog -= deleted;
-    sp->acked += (uint64_t)deleted;
+    sp->backlog -= w.deleted;
+    sp->acked += (uint64_t)w.deleted;
     return 0;
 }
 
@@ -666,11 +645,30 @@ static void s_prune(struct spool *sp)
 
 static int s_send(struct spool *sp, struct stage_ctx *ctx, struct env *e)
 {
+    int rc;
     if (sp->send != NULL) {
-        return sp->send(sp->send_arg, e);
+        rc = sp->send(sp->send_arg, e);
+    } else if (sp->out != NULL) {
+        rc = stage_emit_to(ctx, sp->out, sp->tap, e);
+    } else {
+        assert(ctx != NULL);
+        rc = stage_emit(ctx, e) == 0 ? 0 : -1;
     }
-    assert(ctx != NULL);
-    return stage_emit(ctx, e) == 0 ? 0 : -1;
+    sp->sent += rc == 0;
+    return rc;
+}
+
+/* Flushes a stdout output; a closed one stops the stage. Returns 0 or -1. */
+static int s_flush_out(struct spool *sp, struct stage_ctx *ctx)
+{
+    if (sp->out == NULL || !ep_is_stdio(sp->out) || ep_flush(sp->out) == 0) {
+        return 0;
+    }
+    log_limited(&sp->limit, LOG_ERROR, "stdout: %s", strerror(errno));
+    if (errno == EPIPE) {
+        stage_stop(ctx);
+    }
+    return -1;
 }
 
 /* Sends what is due, up to a batch. Returns envelopes sent, or -1. */
@@ -786,9 +784,15 @@ static void s_report(struct spool *sp, struct stage_ctx *ctx)
     }
 }
 
-void spool_set_tap(struct spool *sp, struct ep *tap)
+void spool_set_output(struct spool *sp, struct ep *out, struct ep *tap)
 {
+    sp->out = out;
     sp->tap = tap;
+}
+
+uint64_t spool_sent(const struct spool *sp)
+{
+    return sp->sent;
 }
 
 int spool_pump(struct spool *sp, struct stage_ctx *ctx)
@@ -798,6 +802,9 @@ int spool_pump(struct spool *sp, struct stage_ctx *ctx)
     }
     int rc = s_read_acks(sp);
     int sent = s_send_due(sp, ctx);
+    if (s_flush_out(sp, ctx) != 0) {
+        rc = -1;
+    }
     s_report(sp, ctx);
     s_prune(sp);
     s_refresh_next(sp);

@@ -83,13 +83,16 @@ int spool_pump(struct spool *sp, struct stage_ctx *ctx);
 /* How spool_pump hands an envelope on: 0 sent, 1 not now (the next stage
  * is full or not there: the row stays due), -1 failed. */
 typedef int (*spool_send_fn)(void *arg, struct env *e);
-/* Replaces stage_emit, spool_pump's default sender: a source whose loop
- * must keep serving while the pipeline is away (an HTTP server) gives one
- * that never waits. */
+/* Replaces stage_emit, spool_pump's default sender (tests give one that
+ * captures; sources use spool_set_output). */
 void spool_set_sender(struct spool *sp, spool_send_fn fn, void *arg);
-/* Has spool_pump publish the backlog on tap (the source's --tap; NULL:
- * not at all) about once a second, as a stats event for omni-metrics. */
-void spool_set_tap(struct spool *sp, struct ep *tap);
+/* A source's own endpoints (stage_open_ep): spool_pump then sends with
+ * stage_emit_to, never waiting, flushes out when it is stdout (a closed
+ * stdout stops the stage), and publishes the backlog on tap (may be NULL)
+ * about once a second, as a stats event for omni-metrics. */
+void spool_set_output(struct spool *sp, struct ep *out, struct ep *tap);
+/* Envelopes spool_pump has sent (re-sends included), for the log. */
+uint64_t spool_sent(const struct spool *sp);
 /* Milliseconds until spool_pump has something to send (0: now), or -1 when
  * nothing is waiting, for a source's poll timeout. */
 int64_t spool_next_ms(const struct spool *sp);

@@ -404,6 +404,33 @@ int stage_emit_to(struct stage_ctx *ctx, struct ep *out, struct ep *tap, struct 
     return 0;
 }
 
+int stage_open_ep(struct stage_ctx *ctx, const char *option, const char *text, enum ep_role role,
+                  struct ep **ep)
+{
+    if (ep != NULL) {
+        *ep = NULL;
+    }
+    if (text == NULL || text[0] == '\0') {
+        return 0;
+    }
+    struct ep_spec spec;
+    char err[300];
+    if (ep_parse(text, role, &spec, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "--%s: %s", option, err);
+        return EXIT_USAGE;
+    }
+    if (ctx == NULL) {
+        return 0;
+    }
+    struct ep_opts eo = { (int)ctx->conf.hwm, (int)ctx->conf.linger_ms, ctx->curve };
+    *ep = ep_open(ctx->zctx, &spec, role, &eo, err, sizeof err);
+    if (*ep == NULL) {
+        log_msg(LOG_ERROR, "--%s: %s", option, err);
+        return EXIT_UNAVAILABLE;
+    }
+    return 0;
+}
+
 int stage_emit(struct stage_ctx *ctx, struct env *e)
 {
     if ((ctx->out == NULL && !ctx->out_none) || ctx->out_closed) {

@@ -18,9 +18,8 @@
 #include <stdint.h>
 
 #include "envelope.h"
+#include "endpoint.h"
 #include "opt.h"
-
-struct ep;
 
 /* Exit codes, from <sysexits.h>. */
 #define EXIT_USAGE 64       /* bad command line */
@@ -85,6 +84,13 @@ int stage_emit(struct stage_ctx *ctx, struct env *e);
  * spool). Returns 0 sent, 1 not now (the next stage is full or away), -1
  * failed (logged; stdout closed also stops the stage). */
 int stage_emit_to(struct stage_ctx *ctx, struct ep *out, struct ep *tap, struct env *e);
+/* Opens an endpoint a stage keeps itself (a source's --out and --tap,
+ * omni-bot's --handoffs...) as the runner opens its own: with --hwm,
+ * --linger and CurveZMQ. NULL or empty text: nothing (*ep stays NULL).
+ * ctx NULL: only checks the text, for --check. Errors are logged with
+ * --option. Returns 0, EXIT_USAGE (bad text) or EXIT_UNAVAILABLE. */
+int stage_open_ep(struct stage_ctx *ctx, const char *option, const char *text, enum ep_role role,
+                  struct ep **ep);
 /* Reports bad input: counts it, logs it (rate limited) and writes it to
  * --dead. label says which input ("id=01J…", "line=17"); when NULL the
  * first bytes are shown. raw is what came in (or its first bytes). */

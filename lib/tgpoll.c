@@ -55,7 +55,6 @@ struct tgpoll {
     struct spool *spool;        /* the durable queue */
     struct ep *out;             /* --out */
     struct ep *tap;             /* --tap, or NULL */
-    uint64_t sent;              /* envelopes sent on */
     CURLM *multi;               /* drives the easy handle */
     CURL *easy;                 /* the one connection to the API */
     struct curl_slist *headers; /* Content-Type: application/json */
@@ -368,26 +367,10 @@ done:
 
 /* ---- output ----------------------------------------------------------- */
 
-/* The spool's sender: never waits. Returns 0 sent, 1 not now (the next
- * stage is full or away), -1 failed. */
-static int s_send(void *arg, struct env *e)
-{
-    struct tgpoll *t = arg;
-    int rc = stage_emit_to(t->ctx, t->out, t->tap, e);
-    t->sent += rc == 0;
-    return rc;
-}
-
-/* Sends what the spool has due, and flushes stdout. */
+/* Sends what the spool has due. */
 static void s_pump(struct tgpoll *t)
 {
     while (spool_pump(t->spool, t->ctx) == SPOOL_PUMP_BATCH) {
-    }
-    if (ep_is_stdio(t->out) && ep_flush(t->out) != 0) {
-        log_limited(&t->limit, LOG_ERROR, "stdout: %s", strerror(errno));
-        if (errno == EPIPE) {
-            stage_stop(t->ctx);
-        }
     }
 }
 
@@ -397,31 +380,6 @@ static void s_pump_due(struct tgpoll *t)
     if (spool_next_ms(t->spool) == 0) {
         s_pump(t);
     }
-}
-
-/* Opens --out or --tap. Returns 0 or an exit code. */
-static int s_open_ep(struct stage_ctx *ctx, const char *name, const char *text, enum ep_role role,
-                     struct ep **ep)
-{
-    char err[300];
-    struct ep_spec spec;
-    struct ep_opts eo = { .hwm = 10000, .linger_ms = 5000, .curve = stage_curve(ctx) };
-    if (text == NULL || text[0] == '\0') {
-        return 0;
-    }
-    if (ep_parse(text, role, &spec, err, sizeof err) != 0) {
-        log_msg(LOG_ERROR, "--%s: %s", name, err);
-        return EXIT_USAGE;
-    }
-    if (ctx == NULL) {
-        return 0;       /* --check: parsing is all */
-    }
-    *ep = ep_open(stage_zctx(ctx), &spec, role, &eo, err, sizeof err);
-    if (*ep == NULL) {
-        log_msg(LOG_ERROR, "--%s: %s", name, err);
-        return EXIT_UNAVAILABLE;
-    }
-    return 0;
 }
 
 /* ---- HTTP ------------------------------------------------------------- */
@@ -787,7 +745,7 @@ static int s_run(void *state, struct stage_ctx *ctx)
     log_msg(LOG_INFO, "stopped at offset %lld: %llu updates, %llu spooled, %llu already spooled, "
             "%llu without a message, %llu sent on", (long long)t->offset,
             (unsigned long long)t->updates, (unsigned long long)t->spooled,
-            (unsigned long long)t->dups, (unsigned long long)t->skipped, (unsigned long long)t->sent);
+            (unsigned long long)t->dups, (unsigned long long)t->skipped, (unsigned long long)spool_sent(t->spool));
     return rc < 0 ? 0 : rc;
 }
 
@@ -867,8 +825,8 @@ static int s_check(struct stage_ctx *ctx, void *conf)
     (void)ctx;
     struct tgpoll_conf *c = conf;
     int rc = s_validate(c);
-    if (rc == 0 && (s_open_ep(NULL, "out", c->out, EP_OUT, NULL) != 0
-                    || s_open_ep(NULL, "tap", c->tap, EP_TAP, NULL) != 0)) {
+    if (rc == 0 && (stage_open_ep(NULL, "out", c->out, EP_OUT, NULL) != 0
+                    || stage_open_ep(NULL, "tap", c->tap, EP_TAP, NULL) != 0)) {
         rc = EXIT_CONFIG;
     }
     char *tok = rc == 0 ? s_token(conf) : NULL;
@@ -894,8 +852,8 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
     t->ctx = ctx;
     t->backoff_ms = S_BACKOFF_MIN_MS;
     *state = t;
-    if ((rc = s_open_ep(ctx, "out", c->out, EP_OUT, &t->out)) != 0
-        || (rc = s_open_ep(ctx, "tap", c->tap, EP_TAP, &t->tap)) != 0) {
+    if ((rc = stage_open_ep(ctx, "out", c->out, EP_OUT, &t->out)) != 0
+        || (rc = stage_open_ep(ctx, "tap", c->tap, EP_TAP, &t->tap)) != 0) {
         goto fail;
     }
     if ((t->token = s_token(c)) == NULL) {
@@ -918,8 +876,7 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         rc = EXIT_UNAVAILABLE;
         goto fail;
     }
-    spool_set_sender(t->spool, s_send, t);
-    spool_set_tap(t->spool, t->tap);
+    spool_set_output(t->spool, t->out, t->tap);
     char off[32];
     int got = spool_state_get(t->spool, S_OFFSET_KEY, off, sizeof off);
     if (got < 0) {

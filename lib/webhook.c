@@ -88,7 +88,6 @@ struct webhook {
     uint64_t accepted;              /* envelopes committed */
     uint64_t round_new;             /* new envelopes in the open transaction */
     uint64_t duplicates;            /* deliveries of a channel id already spooled */
-    uint64_t sent;                  /* envelopes written to --out */
     struct log_limit reject_limit;  /* rate limit of refusals */
     struct log_limit out_limit;     /* rate limit of output errors */
     struct log_limit http_limit;    /* rate limit of libmicrohttpd's messages */
@@ -105,28 +104,6 @@ static bool s_enabled(const struct webhook *wh, enum route r)
     case R_CHAT:
     case R_STREAM: return wh->conf->webchat;
     default: return false;
-    }
-}
-
-/* --- output --------------------------------------------------------------- */
-
-/* The spool's sender: never waits. */
-static int s_send(void *arg, struct env *e)
-{
-    struct webhook *wh = arg;
-    int rc = stage_emit_to(wh->ctx, wh->out, wh->tap, e);
-    wh->sent += rc == 0;
-    return rc;
-}
-
-static void s_pump(struct webhook *wh, int *sent)
-{
-    *sent = spool_pump(wh->spool, wh->ctx);
-    if (ep_is_stdio(wh->out) && ep_flush(wh->out) != 0) {
-        log_limited(&wh->out_limit, LOG_ERROR, "stdout: %s", strerror(errno));
-        if (errno == EPIPE) {
-            stage_stop(wh->ctx);
-        }
     }
 }
 
@@ -566,23 +543,6 @@ static void s_mhd_log(void *cls, const char *fmt, va_list ap)
 
 static void s_fini(void **state);
 
-static int s_open_ep(struct webhook *wh, const char *text, enum ep_role role, struct ep **ep)
-{
-    char err[300];
-    struct ep_spec spec;
-    struct ep_opts eo = { .hwm = 10000, .linger_ms = 5000, .curve = stage_curve(wh->ctx) };
-    if (text == NULL || text[0] == '\0') {
-        return 0;
-    }
-    ep_parse(text, role, &spec, err, sizeof err);
-    *ep = ep_open(stage_zctx(wh->ctx), &spec, role, &eo, err, sizeof err);
-    if (*ep == NULL) {
-        log_msg(LOG_ERROR, "%s", err);
-        return EXIT_UNAVAILABLE;
-    }
-    return 0;
-}
-
 static int s_start_http(struct webhook *wh)
 {
     char err[300];
@@ -638,9 +598,9 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         log_msg(LOG_ERROR, "out of memory");
         goto fail;
     }
-    if ((status = s_open_ep(wh, c->out, EP_OUT, &wh->out)) != 0
-        || (status = s_open_ep(wh, c->tap, EP_TAP, &wh->tap)) != 0
-        || (status = s_open_ep(wh, c->replies, EP_IN, &wh->replies)) != 0) {
+    if ((status = stage_open_ep(ctx, "out", c->out, EP_OUT, &wh->out)) != 0
+        || (status = stage_open_ep(ctx, "tap", c->tap, EP_TAP, &wh->tap)) != 0
+        || (status = stage_open_ep(ctx, "replies", c->replies, EP_IN, &wh->replies)) != 0) {
         goto fail;
     }
     wh->spool = spool_open(ctx, &c->spool, err, sizeof err);
@@ -649,8 +609,7 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         status = EXIT_UNAVAILABLE;
         goto fail;
     }
-    spool_set_sender(wh->spool, s_send, wh);
-    spool_set_tap(wh->spool, wh->tap);
+    spool_set_output(wh->spool, wh->out, wh->tap);
     if ((status = s_start_http(wh)) != 0) {
         goto fail;
     }
@@ -711,8 +670,7 @@ static void s_shutdown(struct webhook *wh)
         zmq_pollitem_t it = { NULL, wh->epoll_fd, ZMQ_POLLIN, 0 };
         zmq_poll(&it, 1, 10);
     }
-    int sent;
-    s_pump(wh, &sent);
+    spool_pump(wh->spool, wh->ctx);
 }
 
 static int s_run(void *state, struct stage_ctx *ctx)
@@ -735,8 +693,7 @@ static int s_run(void *state, struct stage_ctx *ctx)
         MHD_run(wh->mhd);
         s_commit(wh);
         s_read_replies(wh);
-        int sent = 0;
-        s_pump(wh, &sent);
+        int sent = spool_pump(wh->spool, ctx);
         uint64_t now = stage_mono_ms();
         if (now >= wh->next_keepalive) {
             wh->next_keepalive = now + WEBHOOK_KEEPALIVE_MS;
@@ -770,7 +727,7 @@ static int s_run(void *state, struct stage_ctx *ctx)
     s_shutdown(wh);
     log_msg(LOG_DEBUG, "accepted %llu, duplicates %llu, sent %llu, backlog %lld",
             (unsigned long long)wh->accepted, (unsigned long long)wh->duplicates,
-            (unsigned long long)wh->sent, (long long)spool_backlog(wh->spool));
+            (unsigned long long)spool_sent(wh->spool), (long long)spool_backlog(wh->spool));
     return 0;
 }
 
