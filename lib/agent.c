@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +29,7 @@
 #include "endpoint.h"
 #include "envelope.h"
 #include "log.h"
+#include "mail.h"
 #include "mp.h"
 #include "opt.h"
 #include "stage.h"
@@ -155,76 +155,10 @@ static const struct agent_cmd s_cmds[] = {
 
 /* --- small helpers ---------------------------------------------------- */
 
-int agent_reply_subject(const char *subject, struct buf *out)
-{
-    if (subject == NULL) {
-        return 0;
-    }
-    while (*subject == ' ' || *subject == '\t') {
-        subject++;
-    }
-    if (*subject == '\0') {
-        return 0;
-    }
-    if (strncasecmp(subject, "re:", 3) == 0) {
-        return buf_puts(out, subject);
-    }
-    return buf_printf(out, "Re: %s", subject);
-}
-
-int agent_references(const char *references, const char *in_reply_to, const char *message_id,
-                     struct buf *out)
-{
-    const char *parts[2] = { references != NULL && references[0] != '\0' ? references : in_reply_to,
-                             message_id };
-    int rc = 0;
-    for (size_t i = 0; i < 2; i++) {
-        const char *s = parts[i];
-        if (s == NULL) {
-            continue;
-        }
-        /* Folded headers keep their line breaks: one space between ids. */
-        for (; *s != '\0'; s++) {
-            bool blank = *s == ' ' || *s == '\t' || *s == '\r' || *s == '\n';
-            if (blank) {
-                continue;
-            }
-            const char *start = s;
-            while (s[1] != '\0' && s[1] != ' ' && s[1] != '\t' && s[1] != '\r' && s[1] != '\n') {
-                s++;
-            }
-            if (out->len > 0) {
-                rc |= buf_putc(out, ' ');
-            }
-            rc |= buf_append(out, start, (size_t)(s - start + 1));
-        }
-    }
-    return rc == 0 ? 0 : -1;
-}
-
 /* Copies at most n-1 bytes of s (NULL: "") into out. */
 static void s_copy(char *out, size_t n, const char *s)
 {
     snprintf(out, n, "%s", s != NULL ? s : "");
-}
-
-/* The string entry name of a map key (meta, route) into out (reset first);
- * any length. Returns 1 found, 0 absent or not a string. */
-static int s_map_get(const struct env *e, enum env_key k, const char *name, struct buf *out)
-{
-    size_t n;
-    buf_reset(out);
-    const void *p = env_map_raw(e, k, name, &n);
-    struct mp_reader r;
-    struct mp_val v;
-    if (p == NULL) {
-        return 0;
-    }
-    mp_reader_init(&r, p, n);
-    if (mp_read(&r, &v) != 0 || v.type != MP_STR) {
-        return 0;
-    }
-    return buf_append(out, v.s, v.n) == 0 ? 1 : 0;
 }
 
 /* Appends s for a terminal: control characters (C0 but newline and tab, DEL,
@@ -475,12 +409,12 @@ static int s_last_route(sqlite3 *db, const char *conv, struct env *e, struct buf
             continue;
         }
         rt->found = true;
-        if (s_map_get(e, ENV_ROUTE, "queue", tmp) == 1 && tmp->len > 0) {
+        if (env_map_buf(e, ENV_ROUTE, "queue", tmp) == 1 && tmp->len > 0) {
             s_copy(rt->queue, sizeof rt->queue, tmp->data);
-        } else if (s_map_get(e, ENV_ROUTE, "target", tmp) == 1 && strcmp(tmp->data, "bot") != 0) {
+        } else if (env_map_buf(e, ENV_ROUTE, "target", tmp) == 1 && strcmp(tmp->data, "bot") != 0) {
             s_copy(rt->queue, sizeof rt->queue, tmp->data);
         }
-        if (s_map_get(e, ENV_ROUTE, "agent", tmp) == 1) {
+        if (env_map_buf(e, ENV_ROUTE, "agent", tmp) == 1) {
             s_copy(rt->agent, sizeof rt->agent, tmp->data);
         }
         rt->has_priority = env_map_int(e, ENV_ROUTE, "priority", &rt->priority) == 1;
@@ -758,7 +692,7 @@ static void s_queue_line(struct buf *line, bool json, int64_t now, const char *c
     const char *name = NULL;
     static const char *const name_keys[] = { "profile_name", "name", "first_name" };
     for (size_t i = 0; have_in && name == NULL && i < 3; i++) {
-        if (s_map_get(in, ENV_META, name_keys[i], tmp) == 1 && tmp->len > 0) {
+        if (env_map_buf(in, ENV_META, name_keys[i], tmp) == 1 && tmp->len > 0) {
             name = tmp->data;
         }
     }
@@ -1080,38 +1014,20 @@ static int s_reply_target(struct agent_run *r, const char *conv, struct env *e)
 }
 
 /* An e-mail reply to q: its subject ("Re: …") into e; the parent's
- * Message-ID (meta.message_id, else a src_id that is one) into mid and the
- * References chain into refs. Returns 0, or -1 with err filled. */
+ * Message-ID into mid and the References chain into refs
+ * (mail_reply_thread). Returns 0, or -1 with err filled. */
 static int s_reply_email(const struct env *q, struct env *e, struct buf *mid, struct buf *refs,
                          struct env_err *err)
 {
-    struct buf subject = { 0 }, prefs = { 0 }, pirt = { 0 };
-    int rc = 0;
-    const char *src = env_get(q, ENV_SRC_ID);
-    if (s_map_get(q, ENV_META, "message_id", mid) != 1 || mid->len == 0) {
-        buf_reset(mid);
-        if (src != NULL && src[0] == '<' && strchr(src, '>') != NULL) {
-            rc |= buf_puts(mid, src);
-        }
-    }
-    int has_refs = s_map_get(q, ENV_META, "references", &prefs);
-    int has_irt = s_map_get(q, ENV_META, "in_reply_to", &pirt);
-    rc |= agent_references(has_refs == 1 ? prefs.data : NULL, has_irt == 1 ? pirt.data : NULL,
-                           mid->len > 0 ? mid->data : NULL, refs);
-    rc |= agent_reply_subject(env_get(q, ENV_SUBJECT), &subject);
+    struct buf subject = { 0 };
+    int rc = mail_reply_thread(q, &subject, mid, refs);
     if (rc != 0) {
         snprintf(err->field, sizeof err->field, "envelope");
         snprintf(err->reason, sizeof err->reason, "out of memory");
-        rc = -1;
-        goto done;
-    }
-    if (subject.len > 0) {
+    } else if (subject.len > 0) {
         rc = env_set(e, ENV_SUBJECT, subject.data, err);
     }
-done:
     buf_free(&subject);
-    buf_free(&prefs);
-    buf_free(&pirt);
     return rc;
 }
 
@@ -1449,7 +1365,7 @@ static void s_show_env(struct buf *out, const struct env *e, struct buf *tmp)
     bool event = dir != NULL && strcmp(dir, "event") == 0;
     char ev[32] = "event";
     if (event) {
-        if (s_map_get(e, ENV_META, "event", tmp) == 1 && tmp->len > 0) {
+        if (env_map_buf(e, ENV_META, "event", tmp) == 1 && tmp->len > 0) {
             s_copy(ev, sizeof ev, tmp->data);
         }
         buf_reset(tmp);
@@ -1457,9 +1373,9 @@ static void s_show_env(struct buf *out, const struct env *e, struct buf *tmp)
         buf_printf(out, "%-6s", tmp->data);
         const char *who = NULL;
         struct buf name = { 0 };
-        if (s_map_get(e, ENV_META, "agent", &name) == 1 && name.len > 0) {
+        if (env_map_buf(e, ENV_META, "agent", &name) == 1 && name.len > 0) {
             who = name.data;
-        } else if (s_map_get(e, ENV_META, "by", &name) == 1 && name.len > 0) {
+        } else if (env_map_buf(e, ENV_META, "by", &name) == 1 && name.len > 0) {
             who = name.data;
         } else {
             who = from;
@@ -1470,7 +1386,7 @@ static void s_show_env(struct buf *out, const struct env *e, struct buf *tmp)
         }
         buf_free(&name);
         buf_putc(out, '\n');
-        if (strcmp(ev, "note") == 0 && s_map_get(e, ENV_META, "text", tmp) == 1) {
+        if (strcmp(ev, "note") == 0 && env_map_buf(e, ENV_META, "text", tmp) == 1) {
             struct buf t = { 0 };
             buf_append(&t, tmp->data, tmp->len);
             s_body(out, t.data != NULL ? t.data : "");
@@ -1487,14 +1403,14 @@ static void s_show_env(struct buf *out, const struct env *e, struct buf *tmp)
             }
         } else if (strcmp(ev, "assign") == 0) {
             struct buf q = { 0 };
-            if (s_map_get(e, ENV_META, "queue", &q) == 1 && q.len > 0) {
+            if (env_map_buf(e, ENV_META, "queue", &q) == 1 && q.len > 0) {
                 buf_puts(out, "    queue ");
                 s_clean(out, q.data, true, NULL);
                 buf_putc(out, '\n');
             }
             buf_free(&q);
         }
-        if (s_map_get(e, ENV_META, "reason", tmp) == 1 && tmp->len > 0) {
+        if (env_map_buf(e, ENV_META, "reason", tmp) == 1 && tmp->len > 0) {
             struct buf t = { 0 };
             buf_puts(&t, "reason: ");
             buf_append(&t, tmp->data, tmp->len);
@@ -1509,7 +1425,7 @@ static void s_show_env(struct buf *out, const struct env *e, struct buf *tmp)
     s_clean(out, handle ? handle : "-", true, NULL);
     if (outbound) {
         size_t n;
-        if (s_map_get(e, ENV_META, "agent", tmp) == 1 && tmp->len > 0) {
+        if (env_map_buf(e, ENV_META, "agent", tmp) == 1 && tmp->len > 0) {
             buf_puts(out, "  by ");
             struct buf t = { 0 };
             buf_append(&t, tmp->data, tmp->len);
@@ -1521,7 +1437,7 @@ static void s_show_env(struct buf *out, const struct env *e, struct buf *tmp)
     } else {
         static const char *const name_keys[] = { "profile_name", "name", "first_name" };
         for (size_t i = 0; i < 3; i++) {
-            if (s_map_get(e, ENV_META, name_keys[i], tmp) == 1 && tmp->len > 0) {
+            if (env_map_buf(e, ENV_META, name_keys[i], tmp) == 1 && tmp->len > 0) {
                 struct buf t = { 0 };
                 buf_append(&t, tmp->data, tmp->len);
                 buf_puts(out, "  (");

@@ -29,14 +29,4 @@
 /* Runs omni-agent: argv[1] is the subcommand. Returns the exit code. */
 int agent_main(int argc, char **argv);
 
-/* The subject of a reply to subject: "Re: " before it, unless it already
- * starts with "Re:" (any case). Appends to out; returns 0 or -1 (out of
- * memory). */
-int agent_reply_subject(const char *subject, struct buf *out);
-/* The References of a reply (RFC 5322 3.6.4): the parent's references (or,
- * without them, its in_reply_to) followed by its message_id; each may be
- * NULL. Appends to out; returns 0 or -1 (out of memory). */
-int agent_references(const char *references, const char *in_reply_to, const char *message_id,
-                     struct buf *out);
-
 #endif

@@ -7,11 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "agent.h"
 #include "buf.h"
 #include "endpoint.h"
 #include "envelope.h"
@@ -19,6 +17,7 @@
 #include "kb.h"
 #include "llm.h"
 #include "log.h"
+#include "mail.h"
 #include "ulid.h"
 
 #define BOT_TOP 5               /* hits looked at per question */
@@ -116,6 +115,8 @@ struct bot {
     struct buf trace;           /* the question's trace, before this stage's stamp */
     struct buf words;           /* the question's folded words */
     struct buf thread;          /* an e-mail reply's References */
+    struct buf mid;             /* the question's Message-ID */
+    struct buf subject;         /* a reply's subject */
     uint64_t answered;          /* replies sent */
     uint64_t handed_off;        /* handoffs */
     uint64_t llm_used;          /* answers phrased by --llm */
@@ -564,6 +565,8 @@ static void s_fini(void **state)
     buf_free(&b->trace);
     buf_free(&b->words);
     buf_free(&b->thread);
+    buf_free(&b->mid);
+    buf_free(&b->subject);
     free(b);
     *state = NULL;
 }
@@ -618,16 +621,9 @@ static int s_init(struct stage_ctx *ctx, void *conf, void **state)
         rc = EXIT_SOFTWARE;
         goto fail;
     }
-    if (b->conf->handoffs != NULL && b->conf->handoffs[0] != '\0') {
-        struct ep_spec spec;
-        struct ep_opts eo = { .hwm = 10000, .linger_ms = 2000, .curve = stage_curve(ctx) };
-        ep_parse(b->conf->handoffs, EP_OUT, &spec, err, sizeof err);
-        b->handoffs = ep_open(stage_zctx(ctx), &spec, EP_OUT, &eo, err, sizeof err);
-        if (b->handoffs == NULL) {
-            log_msg(LOG_ERROR, "--handoffs: %s", err);
-            rc = EXIT_UNAVAILABLE;
-            goto fail;
-        }
+    rc = stage_open_ep(ctx, "handoffs", b->conf->handoffs, EP_OUT, &b->handoffs);
+    if (rc != 0) {
+        goto fail;
     }
     log_msg(LOG_INFO, "knowledge base %s: %d articles; answering at score >= %g, margin >= %g%s%s",
             b->conf->kb, kb_count(b->kb), b->params.min_score, b->params.min_margin,
@@ -700,24 +696,23 @@ static void s_copy_str(struct env *dst, const struct env *src, enum env_key k, e
 }
 
 /* Builds the reply to q (not yet stamped) in b->reply. */
-/* An e-mail reply threads under the question (RFC 5322 3.6.4):
- * meta.in_reply_to is its Message-ID, meta.references its chain then that
- * id, for omni-send's In-Reply-To and References. */
+/* A reply threads under the question (RFC 5322 3.6.4): "Re: " its
+ * subject; on e-mail, meta.in_reply_to is its Message-ID and
+ * meta.references its chain then that id, for omni-send's In-Reply-To and
+ * References. */
 static int s_thread(struct bot *b, const struct env *q, struct env *r, struct env_err *err)
 {
-    char mid[1000], irt[1000], refs[4000];
-    if (strcmp(env_get(q, ENV_CHANNEL), "email") != 0
-        || env_map_str(q, ENV_META, "message_id", mid, sizeof mid) != 1) {
-        return 0;
-    }
-    bool has_irt = env_map_str(q, ENV_META, "in_reply_to", irt, sizeof irt) == 1;
-    bool has_refs = env_map_str(q, ENV_META, "references", refs, sizeof refs) == 1;
-    buf_reset(&b->thread);
-    if (agent_references(has_refs ? refs : NULL, has_irt ? irt : NULL, mid, &b->thread) != 0) {
+    if (mail_reply_thread(q, &b->subject, &b->mid, &b->thread) != 0) {
         return -1;
     }
+    if (b->subject.len > 0 && env_set(r, ENV_SUBJECT, b->subject.data, err) != 0) {
+        return -1;
+    }
+    if (strcmp(env_get(q, ENV_CHANNEL), "email") != 0 || b->mid.len == 0) {
+        return 0;
+    }
     const struct env_kv meta[] = {
-        { .key = "in_reply_to", .type = ENV_KV_STR, .s = mid },
+        { .key = "in_reply_to", .type = ENV_KV_STR, .s = b->mid.data },
         { .key = "references", .type = ENV_KV_STR, .s = b->thread.data },
     };
     return env_set_map(r, ENV_META, meta, 2, err);
@@ -737,13 +732,6 @@ static int s_build_reply(struct bot *b, const struct env *q, const char *text,
     env_set(r, ENV_DIR, "out", NULL);
     s_copy_str(r, q, ENV_TO, ENV_FROM);
     s_copy_str(r, q, ENV_FROM, ENV_TO);
-    const char *subject = env_get(q, ENV_SUBJECT);
-    if (subject != NULL) {
-        char re[ENV_MAX_SUBJECT];
-        bool has_re = strncasecmp(subject, "re:", 3) == 0;
-        snprintf(re, sizeof re, "%s%s", has_re ? "" : "Re: ", subject);
-        env_set(r, ENV_SUBJECT, re, NULL);
-    }
     s_copy_str(r, q, ENV_CUSTOMER, ENV_CUSTOMER);
     s_copy_str(r, q, ENV_CONVERSATION, ENV_CONVERSATION);
     env_set(r, ENV_REPLY_TO, env_get(q, ENV_ID), NULL);

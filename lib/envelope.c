@@ -1284,6 +1284,23 @@ int env_map_str(const struct env *e, enum env_key k, const char *name, char *out
     return 1;
 }
 
+int env_map_buf(const struct env *e, enum env_key k, const char *name, struct buf *out)
+{
+    buf_reset(out);
+    size_t n;
+    const void *p = env_map_raw(e, k, name, &n);
+    struct mp_reader r;
+    struct mp_val v;
+    if (p == NULL) {
+        return 0;
+    }
+    mp_reader_init(&r, p, n);
+    if (mp_read(&r, &v) != 0 || v.type != MP_STR) {
+        return 0;
+    }
+    return buf_append(out, v.s, v.n) == 0 ? 1 : -1;
+}
+
 int env_map_int(const struct env *e, enum env_key k, const char *name, int64_t *out)
 {
     struct mp_reader r;

@@ -144,6 +144,10 @@ int env_set_map(struct env *e, enum env_key k, const struct env_kv *kv, size_t n
  * out[n] (truncated to fit). Return 1 found, 0 absent (or the key is
  * absent), -1 present with another type. */
 int env_map_str(const struct env *e, enum env_key k, const char *name, char *out, size_t n);
+/* env_map_str for a string of any length: copied into out (reset first,
+ * NUL-terminated). Returns 1 found, 0 absent or not a string (out empty),
+ * -1 out of memory. */
+int env_map_buf(const struct env *e, enum env_key k, const char *name, struct buf *out);
 int env_map_int(const struct env *e, enum env_key k, const char *name, int64_t *out);
 int env_map_bool(const struct env *e, enum env_key k, const char *name, bool *out);
 /* The msgpack bytes of entry name's value (e.g. an array), or NULL. */

@@ -1464,3 +1464,82 @@ done:
     }
     return rc;
 }
+
+/* --- replies ------------------------------------------------------------ */
+
+/* The subject of a reply: "Re: " before it, unless it already starts with
+ * "Re:" (any case). Appends to out; returns 0 or -1 (out of memory). */
+static int s_reply_subject(const char *subject, struct buf *out)
+{
+    if (subject == NULL) {
+        return 0;
+    }
+    while (*subject == ' ' || *subject == '\t') {
+        subject++;
+    }
+    if (*subject == '\0') {
+        return 0;
+    }
+    if (strncasecmp(subject, "re:", 3) == 0) {
+        return buf_puts(out, subject);
+    }
+    return buf_printf(out, "Re: %s", subject);
+}
+
+/* The References of a reply (RFC 5322 3.6.4): the parent's references (or,
+ * without them, its in_reply_to) followed by its message_id; each may be
+ * NULL. Appends to out; returns 0 or -1 (out of memory). */
+static int s_references(const char *references, const char *in_reply_to, const char *message_id,
+                        struct buf *out)
+{
+    const char *parts[2] = { references != NULL && references[0] != '\0' ? references : in_reply_to,
+                             message_id };
+    int rc = 0;
+    for (size_t i = 0; i < 2; i++) {
+        const char *s = parts[i];
+        if (s == NULL) {
+            continue;
+        }
+        /* Folded headers keep their line breaks: one space between ids. */
+        for (; *s != '\0'; s++) {
+            bool blank = *s == ' ' || *s == '\t' || *s == '\r' || *s == '\n';
+            if (blank) {
+                continue;
+            }
+            const char *start = s;
+            while (s[1] != '\0' && s[1] != ' ' && s[1] != '\t' && s[1] != '\r' && s[1] != '\n') {
+                s++;
+            }
+            if (out->len > 0) {
+                rc |= buf_putc(out, ' ');
+            }
+            rc |= buf_append(out, start, (size_t)(s - start + 1));
+        }
+    }
+    return rc == 0 ? 0 : -1;
+}
+
+int mail_reply_thread(const struct env *q, struct buf *subject, struct buf *mid, struct buf *refs)
+{
+    struct buf prefs = { 0 }, pirt = { 0 };
+    buf_reset(subject);
+    buf_reset(mid);
+    buf_reset(refs);
+    int rc = 0;
+    if (env_map_buf(q, ENV_META, "message_id", mid) != 1 || mid->len == 0) {
+        const char *src = env_get(q, ENV_SRC_ID);
+        buf_reset(mid);
+        if (src != NULL && src[0] == '<' && strchr(src, '>') != NULL) {
+            rc |= buf_puts(mid, src);
+        }
+    }
+    int has_refs = env_map_buf(q, ENV_META, "references", &prefs);
+    int has_irt = env_map_buf(q, ENV_META, "in_reply_to", &pirt);
+    rc |= has_refs < 0 || has_irt < 0;
+    rc |= s_references(has_refs == 1 ? prefs.data : NULL, has_irt == 1 ? pirt.data : NULL,
+                       mid->len > 0 ? mid->data : NULL, refs);
+    rc |= s_reply_subject(env_get(q, ENV_SUBJECT), subject);
+    buf_free(&prefs);
+    buf_free(&pirt);
+    return rc == 0 ? 0 : -1;
+}

@@ -63,4 +63,11 @@ size_t mail_trim_quotes(char *text, size_t n);
  * Returns 0 or -1 (out of memory). */
 int mail_to_utf8(const char *charset, const char *s, size_t n, struct buf *out);
 
+/* What a reply to q needs to thread under it (RFC 5322 3.6.4), each buf
+ * reset first and left empty when q gives nothing for it: subject "Re: …"
+ * of q's; mid, q's Message-ID (meta.message_id, else a src_id that is
+ * one); refs, q's chain (meta.references, else meta.in_reply_to) then mid.
+ * Returns 0 or -1 (out of memory). */
+int mail_reply_thread(const struct env *q, struct buf *subject, struct buf *mid, struct buf *refs);
+
 #endif
