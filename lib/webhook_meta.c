@@ -221,23 +221,38 @@ static int s_wa_status(struct webhook_batch *b, const cJSON *st, const cJSON *va
     return webhook_parse_add(b, env, st);
 }
 
+/* The entry array of a Meta webhook whose object is `object`; NULL (the
+ * request refused, with the reason) when the body is not one. *root is the
+ * parsed document, for cJSON_Delete either way. */
+static const cJSON *s_entries(struct webhook_batch *b, const char *body, size_t n, const char *object,
+                              cJSON **root)
+{
+    *root = webhook_parse_root(b, body, n);
+    if (*root == NULL) {
+        return NULL;
+    }
+    const char *got = webhook_parse_gets(*root, "object");
+    const cJSON *entries = webhook_parse_get(*root, "entry");
+    if (got != NULL && strcmp(got, object) != 0) {
+        webhook_parse_fail(b, "object is '%.60s', not %s", got, object);
+        return NULL;
+    }
+    if (!cJSON_IsArray(entries)) {
+        webhook_parse_fail(b, "no entry array");
+        return NULL;
+    }
+    return entries;
+}
+
 int webhook_meta_whatsapp(struct webhook_batch *b, const char *body, size_t n)
 {
-    cJSON *root = webhook_parse_root(b, body, n);
-    if (root == NULL) {
+    cJSON *root = NULL;
+    const cJSON *entries = s_entries(b, body, n, "whatsapp_business_account", &root);
+    if (entries == NULL) {
+        cJSON_Delete(root);
         return -1;
     }
     int rc = 0;
-    const char *object = webhook_parse_gets(root, "object");
-    const cJSON *entries = webhook_parse_get(root, "entry");
-    if (object != NULL && strcmp(object, "whatsapp_business_account") != 0) {
-        rc = webhook_parse_fail(b, "object is '%.60s', not whatsapp_business_account", object);
-        goto done;
-    }
-    if (!cJSON_IsArray(entries)) {
-        rc = webhook_parse_fail(b, "no entry array");
-        goto done;
-    }
     const cJSON *entry;
     cJSON_ArrayForEach(entry, entries) {
         const cJSON *change;
@@ -268,7 +283,6 @@ int webhook_meta_whatsapp(struct webhook_batch *b, const char *body, size_t n)
     if (rc != 0) {
         webhook_parse_fail(b, "out of memory");
     }
-done:
     cJSON_Delete(root);
     return rc;
 }
@@ -381,21 +395,13 @@ static int s_ms_receipt(struct webhook_batch *b, const cJSON *ev, const char *us
 
 int webhook_meta_messenger(struct webhook_batch *b, const char *body, size_t n)
 {
-    cJSON *root = webhook_parse_root(b, body, n);
-    if (root == NULL) {
+    cJSON *root = NULL;
+    const cJSON *entries = s_entries(b, body, n, "page", &root);
+    if (entries == NULL) {
+        cJSON_Delete(root);
         return -1;
     }
     int rc = 0;
-    const char *object = webhook_parse_gets(root, "object");
-    const cJSON *entries = webhook_parse_get(root, "entry");
-    if (object != NULL && strcmp(object, "page") != 0) {
-        rc = webhook_parse_fail(b, "object is '%.60s', not page", object);
-        goto done;
-    }
-    if (!cJSON_IsArray(entries)) {
-        rc = webhook_parse_fail(b, "no entry array");
-        goto done;
-    }
     const cJSON *entry;
     cJSON_ArrayForEach(entry, entries) {
         const cJSON *ev;
@@ -425,7 +431,6 @@ int webhook_meta_messenger(struct webhook_batch *b, const char *body, size_t n)
     if (rc != 0) {
         webhook_parse_fail(b, "out of memory");
     }
-done:
     cJSON_Delete(root);
     return rc;
 }
